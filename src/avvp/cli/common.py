@@ -1,0 +1,65 @@
+"""Arguments shared by several subcommands, and their resolution."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from avvp.errors import AvvpError
+
+ANNOTATIONS_ENV = "AVVP_ANNOTATIONS"
+ANNOTATIONS_SOURCE = (
+    "the LLP annotation files (AVVP_*.csv) are in the data/ folder of the HAN authors' repository "
+    "(github.com/YapengTian/AVVP-ECCV20)"
+)
+
+
+def add_annotations_arg(parser: argparse.ArgumentParser) -> None:
+    """`--annotations DIR`, falling back to $AVVP_ANNOTATIONS."""
+    parser.add_argument(
+        "--annotations",
+        metavar="DIR",
+        help=f"folder holding the LLP annotation CSVs (AVVP_train.csv, AVVP_eval_audio.csv, ...); "
+        f"default: ${ANNOTATIONS_ENV}",
+    )
+    parser.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="skip annotation rows that cannot be read (with a warning counting them) instead of failing",
+    )
+
+
+def resolve_annotations(value: str | None) -> Path:
+    """The annotation folder from the flag or the environment, or a clear error saying where to get it."""
+    value = value or os.environ.get(ANNOTATIONS_ENV)
+    if not value:
+        raise AvvpError(f"no annotation folder: pass --annotations DIR or set ${ANNOTATIONS_ENV}; {ANNOTATIONS_SOURCE}")
+    path = Path(value)
+    if not path.is_dir():
+        raise AvvpError(f"annotation folder {path} does not exist; {ANNOTATIONS_SOURCE}")
+    return path
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """`--device auto|cpu|cuda|cuda:N`."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (cuda if available, else cpu), cpu, cuda or cuda:N (default: auto)",
+    )
+
+
+def resolve_device(value: str):
+    """A torch.device from `--device`, with a clear error where CUDA is asked for but missing."""
+    import torch
+
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise AvvpError(f"--device {value!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AvvpError(f"--device {value}: CUDA is not available on this machine (use --device cpu)")
+    return device
