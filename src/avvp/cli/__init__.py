@@ -16,9 +16,7 @@ from avvp import __version__
 from avvp.errors import AvvpError
 
 # Subcommand modules, in the order `avvp --help` lists them.
-COMMANDS = [
-    "score",
-    "models",
+COMMANDS: list[str] = [
 ]
 
 
