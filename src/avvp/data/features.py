@@ -1,0 +1,142 @@
+"""Reader for pre-extracted features in the official folder layout.
+
+    DIR/vggish/<video id>.npy       float32 (10, 128)    VGGish, one per second of audio
+    DIR/res152/<video id>.npy       float32 (80, 2048)   ResNet-152, 8 frames per second
+    DIR/r2plus1d_18/<video id>.npy  float32 (10, 512)    R(2+1)D-18, one per second
+
+Every file is checked (present, shape, dtype, finite) and a problem is reported as one error naming the video
+and the folder, so a bad file never reaches a model as garbage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avvp.errors import AvvpError
+
+# name -> (folder, per-video shape)
+FEATURE_DIRS: dict[str, tuple[str, tuple[int, int]]] = {
+    "audio": ("vggish", (10, 128)),
+    "res152": ("res152", (80, 2048)),
+    "r2plus1d": ("r2plus1d_18", (10, 512)),
+}
+FRAMES_PER_SECOND = 8  # res152 frames per one-second segment
+
+
+@dataclass
+class Features:
+    """The three feature arrays of N videos, rows in the order of the requested video ids."""
+
+    audio: np.ndarray  # [N, 10, 128] float32
+    res152: np.ndarray  # [N, 80, 2048] float32, or [N, 10, 2048] when averaged per second (`pooled=True`)
+    r2plus1d: np.ndarray  # [N, 10, 512] float32
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+
+def pool_res152(res152: np.ndarray) -> np.ndarray:
+    """Average the 8 ResNet-152 frames of each second: [..., 80, 2048] -> [..., 10, 2048] (same model input)."""
+    *lead, frames, dim = res152.shape
+    return res152.reshape(*lead, frames // FRAMES_PER_SECOND, FRAMES_PER_SECOND, dim).mean(axis=-2)
+
+
+class FeatureFolder:
+    """A features folder in the official layout; reads and validates the features of listed videos."""
+
+    def __init__(self, root: str | Path, *, workers: int | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise AvvpError(f"features folder {self.root} does not exist")
+        missing = [folder for folder, _ in FEATURE_DIRS.values() if not (self.root / folder).is_dir()]
+        if missing:
+            raise AvvpError(
+                f"features folder {self.root} has no {', '.join(m + '/' for m in missing)} "
+                f"(expected {', '.join(folder + '/' for folder, _ in FEATURE_DIRS.values())})"
+            )
+        self.workers = workers or min(8, 2 * (os.cpu_count() or 1))
+
+    def path(self, name: str, video_id: str) -> Path:
+        """The file holding feature `name` ("audio", "res152", "r2plus1d") of one video."""
+        return self.root / FEATURE_DIRS[name][0] / f"{video_id}.npy"
+
+    def read(self, name: str, video_id: str) -> np.ndarray:
+        """One video's feature array, validated (file present, shape, float32, finite)."""
+        folder, shape = FEATURE_DIRS[name]
+        path = self.path(name, video_id)
+        where = f"video {video_id}: {self.root / folder}/{video_id}.npy"
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise AvvpError(f"{where}: file not found") from None
+        except (OSError, ValueError, EOFError) as err:
+            raise AvvpError(f"{where}: not a readable .npy file ({err})") from err
+        if array.shape != shape:
+            raise AvvpError(f"{where}: shape {array.shape}, expected {shape}")
+        if array.dtype != np.float32:
+            raise AvvpError(f"{where}: dtype {array.dtype}, expected float32")
+        if not np.isfinite(array).all():
+            raise AvvpError(f"{where}: holds NaN or infinity")
+        return array
+
+    def read_video(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(audio [10,128], res152 [80,2048], r2plus1d [10,512]) of one video, validated."""
+        return self.read("audio", video_id), self.read("res152", video_id), self.read("r2plus1d", video_id)
+
+    def load(self, video_ids: Sequence[str], *, pooled: bool = False, progress: bool = False) -> Features:
+        """Features of `video_ids` stacked in that order; `pooled` averages res152 per second to [N, 10, 2048]."""
+        from tqdm.auto import tqdm
+
+        count = len(video_ids)
+        res152_shape = (10, 2048) if pooled else FEATURE_DIRS["res152"][1]
+        features = Features(
+            audio=np.empty((count, *FEATURE_DIRS["audio"][1]), np.float32),
+            res152=np.empty((count, *res152_shape), np.float32),
+            r2plus1d=np.empty((count, *FEATURE_DIRS["r2plus1d"][1]), np.float32),
+        )
+
+        def fill(row: int) -> None:
+            audio, res152, r2plus1d = self.read_video(video_ids[row])
+            features.audio[row] = audio
+            features.res152[row] = pool_res152(res152) if pooled else res152
+            features.r2plus1d[row] = r2plus1d
+
+        bar = tqdm(total=count, desc=f"features {self.root.name}", unit="video", disable=not progress)
+        with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for _ in pool.map(fill, range(count)):  # re-raises the first error in order
+                bar.update()
+        return features
+
+    def check(self, video_ids: Sequence[str], *, progress: bool = False) -> None:
+        """Validate every feature file of `video_ids` without keeping them; raises AvvpError on the first problem."""
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for _ in tqdm(
+                pool.map(self.read_video, video_ids),
+                total=len(video_ids),
+                desc=f"check {self.root.name}",
+                unit="video",
+                disable=not progress,
+            ):
+                pass
+
+    def batches(self, video_ids: Sequence[str], batch_size: int, *, pooled: bool = False) -> Iterator[Features]:
+        """Features of `video_ids` in consecutive batches of `batch_size` videos (the last may be smaller)."""
+        if batch_size < 1:
+            raise AvvpError(f"batch size must be at least 1, not {batch_size}")
+        for start in range(0, len(video_ids), batch_size):
+            yield self.load(video_ids[start : start + batch_size], pooled=pooled)
+
+
+def load_features(
+    root: str | Path, video_ids: Sequence[str], *, pooled: bool = False, progress: bool = False
+) -> Features:
+    """Features of `video_ids` from a folder in the official layout, validated (see `FeatureFolder`)."""
+    return FeatureFolder(root).load(video_ids, pooled=pooled, progress=progress)
