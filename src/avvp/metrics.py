@@ -1,0 +1,236 @@
+"""The official LLP metrics (segment- and event-level F-scores), vectorised over videos.
+
+Semantics are those of the HAN authors' evaluation code (spec section 5). Per video and class, TP/FP/FN are
+counted over the 10 segments (segment level) or over events, the maximal runs of positive segments (event
+level: a predicted event is a TP when some ground-truth event of the class has IoU >= 0.5 with it). A class's
+F is 2TP / (2TP + FN + FP), averaged over the classes with any prediction or ground truth in the video (1.0
+when there are none); the dataset score is 100 x the mean over videos. The 'event' track pools the audio and
+visual counts per class. Sums are taken in the same order as the official code, so scores match it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from avvp.data.classes import NUM_CLASSES, NUM_SEGMENTS
+
+TRACKS = ("audio", "visual", "audio_visual", "type", "event")
+COUNTED_TRACKS = ("audio", "visual", "audio_visual", "event")  # tracks with their own counts ('type' is a mean)
+LEVELS = ("segment", "event")
+TRACK_TITLES = {
+    "audio": "Audio",
+    "visual": "Visual",
+    "audio_visual": "Audio-Visual",
+    "type": "Type@AV",
+    "event": "Event@AV",
+}
+IOU_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TrackCounts:
+    """Per-video, per-class counts of one track at one level, and each video's F."""
+
+    tp: np.ndarray  # [N, 25] int64
+    fp: np.ndarray  # [N, 25] int64
+    fn: np.ndarray  # [N, 25] int64
+    video_f: np.ndarray  # [N] float64, the video's mean F over its active classes (1.0 when none)
+
+    def class_recall(self) -> np.ndarray:
+        """Recall per class over all videos, in percent [25] (NaN for a class without ground truth)."""
+        tp, fn = self.tp.sum(axis=0), self.fn.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 100.0 * tp / (tp + fn)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The ten official numbers (percent, unrounded) and the counts behind them.
+
+    `segment` and `event` map each of TRACKS to a dataset score; `segment_counts` and `event_counts` map the
+    four counted tracks (audio, visual, audio_visual, event) to their per-video, per-class counts.
+    """
+
+    segment: dict[str, float]
+    event: dict[str, float]
+    segment_counts: dict[str, TrackCounts]
+    event_counts: dict[str, TrackCounts]
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """`{"segment": {track: score}, "event": {...}}`, the JSON form."""
+        return {"segment": dict(self.segment), "event": dict(self.event)}
+
+
+def parse_predictions(
+    audio_probs: np.ndarray,
+    visual_probs: np.ndarray,
+    video_probs: np.ndarray | None = None,
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official parse: segment >= threshold AND (video-level >= threshold when `video_probs` is given).
+
+    Args:
+        audio_probs: [N, 10, 25] audio segment probabilities (or 0/1).
+        visual_probs: [N, 10, 25] visual segment probabilities (or 0/1).
+        video_probs: [N, 25] video-level probabilities (the model's audio-visual `video` output), optional.
+        threshold: decision threshold (0.5 in the official evaluation).
+
+    Returns:
+        (pred_audio, pred_visual), bool [N, 10, 25] each.
+    """
+    pred_audio = np.asarray(audio_probs) >= threshold  # [N, 10, 25]
+    pred_visual = np.asarray(visual_probs) >= threshold  # [N, 10, 25]
+    if video_probs is not None:
+        video_on = (np.asarray(video_probs) >= threshold)[:, None, :]  # [N, 1, 25]
+        pred_audio &= video_on
+        pred_visual &= video_on
+    return pred_audio, pred_visual
+
+
+def _video_f(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Each video's mean F over the classes with any prediction or ground truth (1.0 when none): [N, 25] -> [N]."""
+    errors = fn + fp
+    active = (tp + fp > 0) | (tp + fn > 0)  # [N, 25]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_f = np.where(active, 2 * tp / (2 * tp + errors), 0.0)  # [N, 25]
+    # Summing over a leading axis adds the classes one after another, in the official code's order.
+    total = np.ascontiguousarray(class_f.T).sum(axis=0)  # [N]
+    count = active.sum(axis=1)  # [N]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
+def _counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> TrackCounts:
+    return TrackCounts(tp, fp, fn, _video_f(tp, fp, fn))
+
+
+def _segment_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segment-level TP, FP, FN per video and class: bool [N, 10, 25] -> int64 [N, 25] each."""
+    tp = np.count_nonzero(pred & truth, axis=1)
+    fp = np.count_nonzero(pred & ~truth, axis=1)
+    fn = np.count_nonzero(~pred & truth, axis=1)
+    return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
+
+
+def _interval_table(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every interval [s, e) with 0 <= s < e <= length gets an index k: ([length+1, length+1] k or -1, [K, K] matches).
+
+    matches[k, l] is True where intervals k and l have IoU >= 0.5 (overlap / union, in segments).
+    """
+    starts, ends = np.triu_indices(length + 1, k=1)  # [K] each
+    index = np.full((length + 1, length + 1), -1, dtype=np.int64)
+    index[starts, ends] = np.arange(len(starts))
+    overlap = np.clip(np.minimum(ends[:, None], ends[None, :]) - np.maximum(starts[:, None], starts[None, :]), 0, None)
+    union = (ends - starts)[:, None] + (ends - starts)[None, :] - overlap
+    return index, overlap / union >= IOU_THRESHOLD
+
+
+_INTERVAL_INDEX, _IOU_MATCHES = _interval_table(NUM_SEGMENTS)
+
+
+def extract_events(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The events (maximal runs of positive segments) of every video and class.
+
+    Args:
+        segments: [N, 10, 25] bool.
+
+    Returns:
+        (video, class_index, start, end) int arrays [R], one entry per event covering segments start .. end-1,
+        sorted by video, class and start.
+    """
+    count = segments.shape[0]
+    padded = np.zeros((count, NUM_CLASSES, NUM_SEGMENTS + 2), dtype=bool)  # [N, 25, 12], False at both ends
+    padded[:, :, 1:-1] = segments.transpose(0, 2, 1)
+    inner = padded[:, :, 1:-1]  # [N, 25, 10]
+    first = inner & ~padded[:, :, :-2]  # first segment of a run
+    last = inner & ~padded[:, :, 2:]  # last segment of a run
+    video, class_index, start = np.nonzero(first)
+    _, _, end = np.nonzero(last)  # same (video, class, time) order, so the i-th last closes the i-th run
+    return video, class_index, start, end + 1
+
+
+def _event_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Event-level TP, FP, FN per video and class: bool [N, 10, 25] -> int64 [N, 25] each.
+
+    Events of one sequence are disjoint, so a predicted event matches at most one ground-truth event at IoU >= 0.5
+    and the reverse: TP = matched pairs, FP = unmatched predicted events, FN = unmatched ground-truth events.
+    """
+    count = pred.shape[0]
+    sequences = count * NUM_CLASSES
+    pred_video, pred_class, pred_start, pred_end = extract_events(pred)
+    truth_video, truth_class, truth_start, truth_end = extract_events(truth)
+    pred_row = pred_video * NUM_CLASSES + pred_class  # [P] index of the (video, class) sequence
+    truth_row = truth_video * NUM_CLASSES + truth_class  # [G]
+    truth_has = np.zeros((sequences, len(_IOU_MATCHES)), dtype=bool)  # [N*25, K]: which intervals are gt events
+    truth_has[truth_row, _INTERVAL_INDEX[truth_start, truth_end]] = True
+    matched = (truth_has[pred_row] & _IOU_MATCHES[_INTERVAL_INDEX[pred_start, pred_end]]).any(axis=1)  # [P]
+    tp = np.bincount(pred_row[matched], minlength=sequences)
+    fp = np.bincount(pred_row, minlength=sequences) - tp
+    fn = np.bincount(truth_row, minlength=sequences) - tp
+    shape = (count, NUM_CLASSES)
+    return tp.reshape(shape).astype(np.int64), fp.reshape(shape).astype(np.int64), fn.reshape(shape).astype(np.int64)
+
+
+def _check_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    shapes = {name: np.shape(array) for name, array in arrays.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 3 or first[1:] != (NUM_SEGMENTS, NUM_CLASSES) or len(set(shapes.values())) != 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"evaluate expects four [N, {NUM_SEGMENTS}, {NUM_CLASSES}] arrays of one shape, got {listed}")
+    return {name: np.asarray(array).astype(bool, copy=False) for name, array in arrays.items()}
+
+
+def _dataset_scores(counts: dict[str, TrackCounts]) -> dict[str, float]:
+    scores = {track: 100 * float(np.mean(counts[track].video_f)) for track in COUNTED_TRACKS}
+    # Type@AV in the official code's order of terms.
+    scores["type"] = (scores["audio_visual"] + scores["audio"] + scores["visual"]) / 3.0
+    return {track: scores[track] for track in TRACKS}
+
+
+def evaluate(pred_audio: np.ndarray, pred_visual: np.ndarray, gt_audio: np.ndarray, gt_visual: np.ndarray) -> Scores:
+    """Score a parse against dense ground truth with the official segment- and event-level metrics.
+
+    Args:
+        pred_audio, pred_visual: [N, 10, 25] bool (or 0/1) predicted audio / visual events.
+        gt_audio, gt_visual: [N, 10, 25] bool ground truth.
+
+    Returns:
+        Scores with the ten numbers in percent and the per-video, per-class counts.
+    """
+    arrays = _check_arrays({"pred_audio": pred_audio, "pred_visual": pred_visual, "gt_audio": gt_audio,
+                            "gt_visual": gt_visual})  # fmt: skip
+    pred = {"audio": arrays["pred_audio"], "visual": arrays["pred_visual"]}
+    truth = {"audio": arrays["gt_audio"], "visual": arrays["gt_visual"]}
+    pred["audio_visual"] = pred["audio"] & pred["visual"]
+    truth["audio_visual"] = truth["audio"] & truth["visual"]
+    levels = {}
+    for level, count_fn in (("segment", _segment_counts), ("event", _event_counts)):
+        raw = {track: count_fn(pred[track], truth[track]) for track in ("audio", "visual", "audio_visual")}
+        raw["event"] = tuple(a + v for a, v in zip(raw["audio"], raw["visual"]))  # pooled audio + visual counts
+        levels[level] = {track: _counts(*raw[track]) for track in COUNTED_TRACKS}
+    return Scores(
+        segment=_dataset_scores(levels["segment"]),
+        event=_dataset_scores(levels["event"]),
+        segment_counts=levels["segment"],
+        event_counts=levels["event"],
+    )
+
+
+def format_scores(scores: Scores) -> str:
+    """The ten numbers as a table with one decimal: rows Segment-level / Event-level, one column per track."""
+    label_width = len("Segment-level")
+    widths = [max(len(TRACK_TITLES[track]), 5) for track in TRACKS]
+    header = " " * label_width + "".join(f"  {TRACK_TITLES[t]:>{w}}" for t, w in zip(TRACKS, widths))
+    rows = [header]
+    for level, title in (("segment", "Segment-level"), ("event", "Event-level")):
+        values = getattr(scores, level)
+        rows.append(f"{title:<{label_width}}" + "".join(f"  {values[t]:>{w}.1f}" for t, w in zip(TRACKS, widths)))
+    return "\n".join(rows)
+
+
+def scores_json(scores: Scores) -> str:
+    """The scores as JSON text (unrounded, percent): `{"segment": {...}, "event": {...}}`."""
+    return json.dumps(scores.as_dict(), indent=2) + "\n"
