@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avvp.video import vggish  # noqa: E402
+from avvp.video import vggish
 
 
 def _direct_log_mel(waveform: np.ndarray) -> np.ndarray:

@@ -98,7 +98,7 @@ def load_state_dict(source: WeightSource, name: str) -> dict:
         raise AvvpError(f"weights folder {source.folder} lacks {_expected_text(source.vggish_pca, [name])}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing error
+    except Exception as err:
         raise AvvpError(f"{path}: not a readable PyTorch state dict ({' '.join(str(err).split())[:200]})") from err
     if not isinstance(state, dict):
         raise AvvpError(f"{path}: holds a {type(state).__name__}, not a state dict")
