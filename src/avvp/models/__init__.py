@@ -1,0 +1,194 @@
+"""The models: MGN and HAN, their configurations, their one output type and a tiny registry.
+
+The configurations and `ParseOutput` live here (no torch import at module level, so `import avvp.models`
+stays light); the nn.Modules live in `mgn.py` and `han.py`, built from the blocks in `layers.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from avvp.errors import AvvpError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+MODEL_NAMES = ("mgn", "han")
+ASSIGN_KINDS = ("soft", "hard")
+
+
+@dataclass
+class ParseOutput:
+    """What every model returns: probabilities at video and segment level (and MGN's extras)."""
+
+    video: Tensor  # [B, 25] audio-visual video-level probability p_av (the weak-label prediction)
+    audio_video: Tensor  # [B, 25] audio video-level probability p_a
+    visual_video: Tensor  # [B, 25] visual video-level probability p_v
+    audio: Tensor  # [B, 10, 25] audio segment-level probabilities
+    visual: Tensor  # [B, 10, 25] visual segment-level probabilities
+    audio_token_logits: Tensor | None = None  # MGN: [25, 25] class head on the audio class tokens
+    visual_token_logits: Tensor | None = None  # MGN: [25, 25] class head on the visual class tokens
+    audio_maps: Tensor | None = None  # MGN: [B, 25, 10] audio class-grouping map used for `audio`
+    visual_maps: Tensor | None = None  # MGN: [B, 25, 10] visual class-grouping map used for `visual`
+
+
+class _Config:
+    """`from_dict` (rejecting unknown keys) and `to_dict` for the frozen config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Build a config from a dict (e.g. a checkpoint's JSON); unknown keys are an error, not ignored."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise AvvpError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def _check_positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise AvvpError(f"{type(config).__name__}.{name} must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True)
+class MGNConfig(_Config):
+    """MGN (Mo & Tian, NeurIPS 2022); defaults are the paper's."""
+
+    dim: int = 128  # model width D (8 attention heads, so a multiple of 8)
+    depth_audio: int = 3  # SelfBlocks in the audio class-aware unimodal grouping (CUG)
+    depth_visual: int = 3  # SelfBlocks in the visual CUG
+    depth_av: int = 6  # SelfBlocks in the modality-aware cross-modal grouping (MCG)
+    unimodal_assign: str = "soft"  # CUG class assignment: 'soft' or 'hard' (straight-through one-hot)
+    crossmodal_assign: str = "soft"  # MCG assignment: 'soft' or 'hard'
+    drop_path: float = 0.1  # stochastic depth rate of the SelfBlocks while training
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "dim")
+        if self.dim % 8:
+            raise AvvpError(f"MGNConfig.dim must be a multiple of 8 (8 attention heads), not {self.dim}")
+        for name in ("depth_audio", "depth_visual", "depth_av"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AvvpError(f"MGNConfig.{name} must be a non-negative integer, not {value!r}")
+        for name in ("unimodal_assign", "crossmodal_assign"):
+            if getattr(self, name) not in ASSIGN_KINDS:
+                raise AvvpError(f"MGNConfig.{name} must be 'soft' or 'hard', not {getattr(self, name)!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise AvvpError(f"MGNConfig.drop_path must be in [0, 1), not {self.drop_path!r}")
+
+
+@dataclass(frozen=True)
+class HANConfig(_Config):
+    """HAN (Tian et al., ECCV 2020): one hybrid attention layer; defaults are the paper's."""
+
+    dim: int = 512  # model width
+    num_heads: int = 1  # attention heads of the self- and cross-modal attention
+    ff_dim: int = 512  # hidden width of the feed-forward layer
+    dropout: float = 0.1  # dropout on attention weights, residual branches and feed-forward
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "dim", "num_heads", "ff_dim")
+        if self.dim % self.num_heads:
+            raise AvvpError(f"HANConfig.dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AvvpError(f"HANConfig.dropout must be in [0, 1), not {self.dropout!r}")
+
+
+CONFIGS: dict[str, type[_Config]] = {"mgn": MGNConfig, "han": HANConfig}
+
+
+def make_config(name: str, **overrides: Any) -> MGNConfig | HANConfig:
+    """The resolved config of model `name` with `overrides` applied (unknown names / keys are errors)."""
+    if name not in CONFIGS:
+        raise AvvpError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return CONFIGS[name].from_dict(overrides)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build model `name` ('mgn' or 'han') with the default config plus `overrides`, freshly initialised.
+
+    The model carries `model.name` and its resolved `model.config`.
+    """
+    config = make_config(name, **overrides)
+    if name == "mgn":
+        from avvp.models.mgn import MGN
+
+        return MGN(config)
+    from avvp.models.han import HAN
+
+    return HAN(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (each tensor element counted once)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+@dataclass(frozen=True)
+class SizeRow:
+    """One row of the model-size table (the paper's supplement, Table 1)."""
+
+    label: str  # e.g. "MGN (3,3,6)"
+    model: str  # 'mgn' or 'han'
+    overrides: dict[str, Any]  # config overrides for `create_model`
+    parameters: int  # parameter count
+    paper_mb: float | None  # the size the paper reports, in MB, where it reports one
+    note: str = ""  # what is counted
+
+    @property
+    def megabytes(self) -> float:
+        """Size of the float32 weights in MB (10^6 bytes)."""
+        return self.parameters * 4 / 1e6
+
+
+# (label, model, overrides, size in the paper's Table 1 in MB)
+_PAPER_TABLE: tuple[tuple[str, str, dict[str, Any], float], ...] = (
+    ("HAN", "han", {}, 36.0),
+    ("MGN (1,1,2)", "mgn", {"depth_audio": 1, "depth_visual": 1, "depth_av": 2}, 11.0),
+    ("MGN (2,2,4)", "mgn", {"depth_audio": 2, "depth_visual": 2, "depth_av": 4}, 14.0),
+    ("MGN (3,3,6)", "mgn", {"depth_audio": 3, "depth_visual": 3, "depth_av": 6}, 17.0),
+    ("MGN (4,4,8)", "mgn", {"depth_audio": 4, "depth_visual": 4, "depth_av": 8}, 20.0),
+    ("MGN (3,3,3)", "mgn", {"depth_audio": 3, "depth_visual": 3, "depth_av": 3}, 15.0),
+    ("MGN (6,6,3)", "mgn", {"depth_audio": 6, "depth_visual": 6, "depth_av": 3}, 20.0),
+)
+
+
+def paper_table_configs() -> list[tuple[str, str, dict[str, Any]]]:
+    """The configurations of the paper's Table 1 as (label, model name, config overrides), e.g. for a sweep."""
+    return [(label, name, dict(overrides)) for label, name, overrides, _ in _PAPER_TABLE]
+
+
+def model_size_table() -> list[SizeRow]:
+    """Parameter counts of every Table 1 configuration, counted on the built models.
+
+    HAN gets two rows: the parameters its forward uses, and the authors' released checkpoint, which also
+    carries modules the forward never uses (the paper's 36 MB counts those).
+    """
+    from avvp.models.han import official_unused_shapes
+
+    rows = []
+    for label, name, overrides, paper_mb in _PAPER_TABLE:
+        parameters = count_parameters(create_model(name, **overrides))
+        if name == "han":
+            rows.append(SizeRow(label, name, dict(overrides), parameters, None, "used by the forward pass"))
+            config = make_config(name, **overrides)
+            unused = sum(_numel(shape) for shape in official_unused_shapes(config).values())
+            rows.append(SizeRow(label, name, dict(overrides), parameters + unused, paper_mb, "as released"))
+        else:
+            rows.append(SizeRow(label, name, dict(overrides), parameters, paper_mb, "dim 128"))
+    return rows
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count

@@ -1,0 +1,107 @@
+"""HAN: the Hybrid Attention Network baseline (Tian et al., ECCV 2020), ../shared/spec/MGN.md section 4.
+
+One hybrid attention layer (self-attention plus cross-modal attention, the same weights for both directions),
+then attentive multimodal multiple-instance pooling of per-segment class probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from avvp.data.classes import NUM_CLASSES
+from avvp.models import HANConfig, ParseOutput
+from avvp.models.layers import Mlp, VisualFusion, check_inputs
+
+
+class HybridAttentionLayer(nn.Module):
+    """q <- LN1(q + CrossAttn(q, other) + SelfAttn(q)); q <- LN2(q + FF(q)); post-norm, ReLU feed-forward."""
+
+    def __init__(self, config: HANConfig) -> None:
+        super().__init__()
+        dim, heads, dropout = config.dim, config.num_heads, config.dropout
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn = Mlp(dim, config.ff_dim, dim, activation=nn.ReLU, dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop_cross = nn.Dropout(dropout)
+        self.drop_self = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, other: Tensor) -> Tensor:
+        """query [B, T, C] attends to itself and to `other` [B, T, C] -> [B, T, C]."""
+        cross, _ = self.cross_attn(query, other, other, need_weights=False)
+        attended, _ = self.self_attn(query, query, query, need_weights=False)
+        query = self.norm1(query + self.drop_cross(cross) + self.drop_self(attended))
+        return self.norm2(query + self.ffn(query))
+
+
+class HAN(nn.Module):
+    """HAN; `forward(audio, res152, r2plus1d)` returns a `ParseOutput`.
+
+    PyTorch's default initialisation is kept, as in the authors' code.
+    """
+
+    name = "han"
+
+    def __init__(self, config: HANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or HANConfig()
+        dim = config.dim
+        self.segment_head = nn.Linear(dim, NUM_CLASSES)  # per segment and modality: class probabilities
+        self.temporal_attention = nn.Linear(dim, NUM_CLASSES)  # attention over segments, per class
+        self.modality_attention = nn.Linear(dim, NUM_CLASSES)  # attention over the two modalities, per class
+        self.audio_proj = nn.Linear(128, dim)
+        self.visual_fusion = VisualFusion(dim)
+        self.hybrid_attention = HybridAttentionLayer(config)
+
+    def forward(self, audio: Tensor, res152: Tensor, r2plus1d: Tensor) -> ParseOutput:
+        """audio [B, 10, 128], res152 [B, 80 or 10, 2048], r2plus1d [B, 10, 512] -> probabilities."""
+        check_inputs(audio, res152, r2plus1d)
+        audio_segments = self.audio_proj(audio)  # [B, T, C]
+        visual_segments = self.visual_fusion(res152, r2plus1d)  # [B, T, C]
+        audio_out = self.hybrid_attention(audio_segments, visual_segments)  # [B, T, C]
+        visual_out = self.hybrid_attention(visual_segments, audio_segments)  # [B, T, C]
+
+        features = torch.stack([audio_out, visual_out], dim=2)  # [B, T, 2, C]
+        segment_probs = torch.sigmoid(self.segment_head(features))  # [B, T, 2, 25]
+        temporal_weights = self.temporal_attention(features).softmax(dim=1)  # [B, T, 2, 25]
+        modality_weights = self.modality_attention(features).softmax(dim=2)  # [B, T, 2, 25]
+        pooled = temporal_weights * segment_probs  # [B, T, 2, 25]
+        return ParseOutput(
+            video=(pooled * modality_weights).sum(dim=(1, 2)),  # [B, 25]
+            audio_video=pooled[:, :, 0].sum(dim=1),  # [B, 25]
+            visual_video=pooled[:, :, 1].sum(dim=1),  # [B, 25]
+            audio=segment_probs[:, :, 0],  # [B, T, 25]
+            visual=segment_probs[:, :, 1],  # [B, T, 25]
+        )
+
+
+def official_unused_shapes(config: HANConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the modules the authors' MMIL_Net holds but its forward never uses, in their file order.
+
+    They make the released checkpoint about twice the size of the model (the paper's 36 MB); import drops them
+    and export writes placeholders so the authors' strict `load_state_dict` accepts our weights.
+    """
+    dim, ff = config.dim, config.ff_dim
+    layer = {
+        "self_attn.in_proj_weight": (3 * dim, dim),
+        "self_attn.in_proj_bias": (3 * dim,),
+        "self_attn.out_proj.weight": (dim, dim),
+        "self_attn.out_proj.bias": (dim,),
+        "linear1.weight": (ff, dim),
+        "linear1.bias": (ff,),
+        "linear2.weight": (dim, ff),
+        "linear2.bias": (dim,),
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+    }
+    norms = {"norm1.weight": (dim,), "norm1.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for encoder in ("audio_encoder", "visual_encoder", "cmt_encoder"):
+        shapes.update({f"{encoder}.layers.0.{key}": shape for key, shape in layer.items()})
+    shapes.update({f"cmt_encoder.{key}": shape for key, shape in norms.items()})
+    shapes.update({f"hat_encoder.{key}": shape for key, shape in norms.items()})
+    return shapes

@@ -1,0 +1,74 @@
+"""Parity with the authors' code: their small MGN, imported through our checkpoint loader, gives their outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avvp.checkpoint import load_model
+
+OUTPUTS = ("video", "audio_video", "visual_video", "audio", "visual", "audio_token_logits", "visual_token_logits")
+
+
+@pytest.fixture(scope="module")
+def fixture_arrays(official_fixture: Path) -> dict[str, np.ndarray]:
+    with np.load(official_fixture) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+
+
+@pytest.fixture(scope="module")
+def official_checkpoint(fixture_arrays: dict[str, np.ndarray], tmp_path_factory) -> Path:
+    """The fixture's weights written as the authors' checkpoint file (a plain torch.save state dict)."""
+    state_dict = {
+        key[len("weight/") :]: torch.from_numpy(value)
+        for key, value in fixture_arrays.items()
+        if key.startswith("weight/")
+    }
+    path = tmp_path_factory.mktemp("official") / "MGN_Net.pt"
+    torch.save(state_dict, path)
+    return path
+
+
+def _inputs(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(arrays[f"input/{name}"]) for name in ("audio", "res152", "r2plus1d"))
+
+
+def test_imported_authors_mgn_reproduces_their_outputs(fixture_arrays, official_checkpoint):
+    model, info = load_model(official_checkpoint)
+    assert info["format"] == "official"
+    assert info["config"] | {"drop_path": 0.1} == {
+        "dim": 32,
+        "depth_audio": 1,
+        "depth_visual": 2,
+        "depth_av": 1,
+        "unimodal_assign": "soft",
+        "crossmodal_assign": "soft",
+        "drop_path": 0.1,
+    }
+    assert not model.training
+    with torch.no_grad():
+        output = model(*_inputs(fixture_arrays))
+    for name in OUTPUTS:
+        expected = fixture_arrays[f"output/{name}"]
+        np.testing.assert_allclose(getattr(output, name).numpy(), expected, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_per_second_res152_input_gives_the_same_outputs(fixture_arrays, official_checkpoint):
+    """Features averaged per second before the model ([B, 10, 2048]) are the same model input."""
+    model, _ = load_model(official_checkpoint)
+    audio, res152, r2plus1d = _inputs(fixture_arrays)
+    with torch.no_grad():
+        output = model(audio, res152.reshape(res152.shape[0], 10, 8, -1).mean(dim=2), r2plus1d)
+    for name in OUTPUTS:
+        np.testing.assert_allclose(getattr(output, name).numpy(), fixture_arrays[f"output/{name}"], atol=1e-5, rtol=0)
+
+
+def test_the_fixture_tells_the_assignment_kinds_apart(fixture_arrays, official_checkpoint):
+    """Guard against a fixture too weak to check anything: the wrong assignment kind changes the outputs."""
+    model, _ = load_model(official_checkpoint, unimodal_assign="hard")
+    with torch.no_grad():
+        output = model(*_inputs(fixture_arrays))
+    assert np.abs(output.audio.numpy() - fixture_arrays["output/audio"]).max() > 1e-3
