@@ -96,8 +96,8 @@ def _video_f(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     active = (tp + fp > 0) | (tp + fn > 0)  # [N, 25]
     with np.errstate(invalid="ignore", divide="ignore"):
         class_f = np.where(active, 2 * tp / (2 * tp + errors), 0.0)  # [N, 25]
-    # Summing over a leading axis adds the classes one after another, in the official code's order.
-    total = np.ascontiguousarray(class_f.T).sum(axis=0)  # [N]
+    # A running sum adds the classes one after another, in the official code's order (np.sum may pair them up).
+    total = np.add.accumulate(class_f, axis=1)[:, -1]  # [N]
     count = active.sum(axis=1)  # [N]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), 1.0)
