@@ -39,3 +39,53 @@ def official_fixture() -> Path:
 def official_keys_dir() -> Path:
     """Key names and shapes of the authors' released checkpoints."""
     return _shared_path("spec", "official_keys")
+
+
+def write_tiny_llp(root: Path, *, train: int = 24, val: int = 8, test: int = 8, seed: int = 0) -> Path:
+    """Random features in the official layout plus LLP-format CSVs (weak lists, dense eval rows), for smoke tests."""
+    import numpy as np
+
+    from avvp.data.classes import CLASSES
+
+    rng = np.random.default_rng(seed)
+    feats = root / "feats"
+    for sub in ("vggish", "res152", "r2plus1d_18"):
+        (feats / sub).mkdir(parents=True, exist_ok=True)
+    split_rows: dict[str, list[str]] = {}
+    dense = {"audio": [], "visual": []}
+    counter = 0
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        rows = []
+        for _ in range(count):
+            vid = f"tinyvid{counter:04d}"
+            counter += 1
+            filename = f"{vid}_0_10"
+            classes = sorted(rng.choice(len(CLASSES), size=int(rng.integers(1, 3)), replace=False).tolist())
+            rows.append(f"{filename}\t{','.join(CLASSES[c] for c in classes)}")
+            for c in classes:
+                onset = int(rng.integers(0, 5))
+                offset = int(rng.integers(onset + 1, 11))
+                dense["audio"].append(f"{filename}\t{onset}\t{offset}\t{CLASSES[c]}")
+                dense["visual"].append(f"{filename}\t{max(0, onset - 1)}\t{offset}\t{CLASSES[c]}")
+            np.save(feats / "vggish" / f"{vid}.npy", rng.normal(size=(10, 128)).astype(np.float32))
+            np.save(feats / "res152" / f"{vid}.npy", rng.random(size=(80, 2048)).astype(np.float32))
+            np.save(feats / "r2plus1d_18" / f"{vid}.npy", rng.random(size=(10, 512)).astype(np.float32))
+        split_rows[split] = rows
+    header = "filename\tevent_labels\n"
+    names = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
+    for split, name in names.items():
+        (root / name).write_text(header + "".join(r + "\n" for r in split_rows[split]))
+    everything = [r for rows in split_rows.values() for r in rows]
+    (root / "AVVP_dataset_full.csv").write_text(header + "".join(r + "\n" for r in everything))
+    eval_header = "filename\tonset\toffset\tevent_labels\n"
+    dense_names = set(r.split("\t")[0] for r in split_rows["val"] + split_rows["test"])
+    for modality in ("audio", "visual"):
+        rows = [r for r in dense[modality] if r.split("\t")[0] in dense_names]
+        (root / f"AVVP_eval_{modality}.csv").write_text(eval_header + "".join(r + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_llp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny dataset in the LLP layout: CSVs at the root, features under feats/."""
+    return write_tiny_llp(tmp_path_factory.mktemp("tiny_llp"))

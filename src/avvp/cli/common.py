@@ -63,3 +63,39 @@ def resolve_device(value: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AvvpError(f"--device {value}: CUDA is not available on this machine (use --device cpu)")
     return device
+
+
+def add_assign_args(parser: argparse.ArgumentParser) -> None:
+    """`--unimodal-assign` / `--crossmodal-assign` for imported authors' MGN checkpoints."""
+    for which in ("unimodal", "crossmodal"):
+        parser.add_argument(
+            f"--{which}-assign",
+            choices=["soft", "hard"],
+            default=None,
+            help=f"MGN {which} assignment for an authors' checkpoint, which does not record it (default: soft); "
+            "avvp checkpoints carry their own",
+        )
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Model configuration flags (MGN fields; `--dim` applies to HAN too)."""
+    group = parser.add_argument_group("model", "model configuration (defaults: the papers')")
+    group.add_argument("--dim", type=int, help="model width (MGN default 128, HAN 512)")
+    group.add_argument("--depth-audio", type=int, help="MGN: SelfBlocks in the audio CUG (default 3)")
+    group.add_argument("--depth-visual", type=int, help="MGN: SelfBlocks in the visual CUG (default 3)")
+    group.add_argument("--depth-av", type=int, help="MGN: SelfBlocks in the MCG (default 6)")
+    group.add_argument("--unimodal-assign", choices=["soft", "hard"], help="MGN: CUG assignment (default soft)")
+    group.add_argument("--crossmodal-assign", choices=["soft", "hard"], help="MGN: MCG assignment (default soft)")
+    group.add_argument("--drop-path", type=float, help="MGN: stochastic depth rate (default 0.1)")
+
+
+def model_overrides(args: argparse.Namespace, model: str) -> dict:
+    """The model flags that were given, as config overrides (MGN-only flags rejected for HAN)."""
+    names = ["dim", "depth_audio", "depth_visual", "depth_av", "unimodal_assign", "crossmodal_assign", "drop_path"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if model == "han":
+        mgn_only = sorted(set(given) - {"dim"})
+        if mgn_only:
+            flags = ", ".join("--" + n.replace("_", "-") for n in mgn_only)
+            raise AvvpError(f"{flags}: MGN-only option(s), not valid with --model han")
+    return given

@@ -1,0 +1,52 @@
+"""`avvp predict`: run a checkpoint (ours or the authors') over a list of videos and write PRED.npz."""
+
+from __future__ import annotations
+
+import argparse
+
+from avvp.cli.common import add_assign_args, add_device_arg
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict segment- and video-level probabilities for a list of videos",
+        description="Run a checkpoint (avvp's .safetensors, or the authors' MGN_Net.pt / MMIL_Net.pt) over the videos "
+        "of a list in the AVVP_*_pd.csv format; writes PRED.npz in the format `avvp score` reads.",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="avvp checkpoint or authors' .pt file")
+    parser.add_argument(
+        "--features", required=True, metavar="PATH", help="features folder in the official layout, or packs"
+    )
+    parser.add_argument("--list", required=True, metavar="CSV", help="list of videos (filename<TAB>event_labels)")
+    parser.add_argument("--out", required=True, metavar="PRED.npz", help="predictions file to write")
+    parser.add_argument("--batch-size", type=int, default=256, help="videos per batch (default: 256)")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere (default: auto)",
+    )
+    add_assign_args(parser)
+    add_device_arg(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avvp.cli.common import resolve_device
+    from avvp.data.annotations import read_weak_labels
+    from avvp.inference import predict_videos, save_predictions
+
+    device = resolve_device(args.device)
+    filenames = read_weak_labels(args.list).filenames
+    predictions = predict_videos(
+        args.checkpoint,
+        args.features,
+        filenames,
+        device=device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        unimodal_assign=args.unimodal_assign,
+        crossmodal_assign=args.crossmodal_assign,
+    )
+    save_predictions(args.out, filenames, predictions)
+    print(f"wrote {args.out}: {len(filenames)} videos")
+    return 0

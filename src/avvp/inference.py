@@ -1,0 +1,124 @@
+"""Batched prediction over whole splits, and the predictions file (`PRED.npz`) that `avvp score` reads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from avvp.data.features import Features
+
+# Keys of a predictions file besides `filenames`, with their shapes after the batch axis.
+PREDICTION_KEYS = {"video": (25,), "audio_video": (25,), "visual_video": (25,), "audio": (10, 25), "visual": (10, 25)}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (`precision == "bf16"`), a no-op context for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` means bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def features_to_tensors(features: Features, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three feature arrays as float32 tensors on `device` (no copy where numpy memory can be shared)."""
+    return tuple(
+        torch.as_tensor(np.asarray(array), dtype=torch.float32).to(device)
+        for array in (features.audio, features.res152, features.r2plus1d)
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    features: Features,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run `model` over every video of `features` in batches; returns float32 arrays keyed as `PREDICTION_KEYS`."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    model.eval()
+    count = len(features.audio)
+    outputs: dict[str, list[np.ndarray]] = {key: [] for key in PREDICTION_KEYS}
+    starts = range(0, count, batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
+        stop = min(start + batch_size, count)
+        audio, res152, r2plus1d = (
+            torch.as_tensor(np.asarray(array[start:stop]), dtype=torch.float32).to(device, non_blocking=True)
+            for array in (features.audio, features.res152, features.r2plus1d)
+        )
+        with autocast(device, precision):
+            result = model(audio, res152, r2plus1d)
+        for key in PREDICTION_KEYS:
+            outputs[key].append(getattr(result, key).float().cpu().numpy())
+    return {
+        key: np.concatenate(parts) if parts else np.zeros((0, *PREDICTION_KEYS[key]), np.float32)
+        for key, parts in outputs.items()
+    }
+
+
+def save_predictions(path: str | Path, filenames: list[str], predictions: dict[str, np.ndarray]) -> None:
+    """Write a predictions file atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {key: np.asarray(value, dtype=np.float32) for key, value in predictions.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, filenames=np.asarray(filenames, dtype=str), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_videos(
+    checkpoint: str | Path,
+    features_path: str | Path,
+    filenames: list[str],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    precision: str = "auto",
+    unimodal_assign: str | None = None,
+    crossmodal_assign: str | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Load a checkpoint (ours or the authors') and predict the listed videos from a features folder or pack."""
+    from avvp.checkpoint import load_model
+    from avvp.data.annotations import video_id
+    from avvp.data.store import open_features
+
+    device = torch.device(device)
+    model, _ = load_model(
+        checkpoint, unimodal_assign=unimodal_assign, crossmodal_assign=crossmodal_assign, map_location=device
+    )
+    features = open_features(features_path).load(
+        [video_id(name) for name in filenames], pooled=True, progress=progress
+    )
+    return predict(
+        model,
+        features,
+        batch_size=batch_size,
+        device=device,
+        precision=resolve_precision(precision, device),
+        progress=progress,
+    )

@@ -1,0 +1,466 @@
+"""Training with the authors' recipe (spec section 3): in-memory batches, validation each epoch, resume, DDP.
+
+The whole split is held as tensors (ResNet-152 frames averaged per second, which is the same model since the
+linear layer commutes with the mean), shuffled by an index permutation drawn from a dedicated generator, so an
+epoch does no per-sample Python work. Under `torchrun` each process takes its shard of every global batch and
+DistributedDataParallel averages the gradients; the loss is scaled so that the result equals one process with the
+same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avvp import __version__
+from avvp.checkpoint import save_checkpoint
+from avvp.data.annotations import Split, load_split
+from avvp.data.classes import NUM_CLASSES
+from avvp.data.features import Features
+from avvp.data.store import open_features
+from avvp.errors import AvvpError
+from avvp.inference import autocast, predict, resolve_precision
+from avvp.metrics import Scores, evaluate, parse_predictions
+from avvp.models import ParseOutput, create_model
+from avvp.utils import atomic_write_text, atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+PROB_EPS = 1e-7  # probabilities are clamped to [eps, 1 - eps] before BCE, as in the authors' code
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe; defaults are the authors' (spec section 3)."""
+
+    model: str = "mgn"  # "mgn" or "han"
+    epochs: int = 40  # passes over the training split
+    batch_size: int = 16  # global batch size (split across processes under torchrun)
+    lr: float = 3e-4  # Adam learning rate
+    lr_step: int = 10  # StepLR: decay every this many epochs
+    lr_gamma: float = 0.1  # StepLR decay factor
+    visual_target_scale: float = 0.9  # the visual video-level target is scale * y + shift (label smoothing)
+    visual_target_shift: float = 0.05
+    seed: int = 1  # seeds initialisation, shuffling, dropout and Gumbel noise
+    eval_batch_size: int = 256  # batch size for validation and test prediction
+    precision: str = "auto"  # fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere)
+    compile: bool = False  # wrap the model in torch.compile
+    max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AvvpError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DistributedContext:
+    """Where this process stands under torchrun (world size 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a no-op for one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
+
+
+def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample BCE (mean over classes) on clamped probabilities: [B, C] -> [B]."""
+    probs = probs.float().clamp(PROB_EPS, 1 - PROB_EPS)
+    return F.binary_cross_entropy(probs, target, reduction="none").mean(dim=1)
+
+
+def compute_losses(output: ParseOutput, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The recipe's loss terms; per-sample terms are [B], the class-token terms are scalars (MGN only)."""
+    visual_target = config.visual_target_scale * labels + config.visual_target_shift
+    losses = {
+        "video": clamp_bce(output.video, labels),
+        "audio": clamp_bce(output.audio_video, labels),
+        "visual": clamp_bce(output.visual_video, visual_target),
+    }
+    if output.audio_token_logits is not None:
+        token_targets = torch.arange(NUM_CLASSES, device=labels.device)
+        losses["audio_tokens"] = F.cross_entropy(output.audio_token_logits.float(), token_targets)
+        losses["visual_tokens"] = F.cross_entropy(output.visual_token_logits.float(), token_targets)
+    return losses
+
+
+def token_scores(logits: torch.Tensor) -> dict[str, float]:
+    """Precision, recall and F1 (macro over classes, in percent) of class token i classified as class i."""
+    predicted = logits.argmax(dim=1).cpu().numpy()  # [25]
+    truth = np.arange(len(predicted))
+    precision, recall, f1 = [], [], []
+    for cls in truth:
+        tp = float(np.sum((predicted == cls) & (truth == cls)))
+        n_pred = float(np.sum(predicted == cls))
+        p = tp / n_pred if n_pred else 0.0
+        r = tp  # exactly one token per class
+        precision.append(p)
+        recall.append(r)
+        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+    return {
+        "precision": 100 * float(np.mean(precision)),
+        "recall": 100 * float(np.mean(recall)),
+        "f1": 100 * float(np.mean(f1)),
+    }
+
+
+@dataclass
+class SplitData:
+    """A split's annotations and its features held in memory."""
+
+    split: Split
+    features: Features
+
+
+def load_split_data(features_path: Path, annotations: Path, name: str, *, limit: int | None = None) -> SplitData:
+    """Annotations and in-memory features of one split (res152 averaged per second)."""
+    split = load_split(annotations, name)
+    if limit is not None and limit < len(split.filenames):
+        split = subset_split(split, limit)
+    store = open_features(features_path)
+    features = store.load(split.video_ids, pooled=True, progress=True)
+    return SplitData(split, features)
+
+
+def subset_split(split: Split, limit: int) -> Split:
+    """The first `limit` videos of a split."""
+    return dataclasses.replace(
+        split,
+        filenames=split.filenames[:limit],
+        labels=split.labels[:limit],
+        audio=None if split.audio is None else split.audio[:limit],
+        visual=None if split.visual is None else split.visual[:limit],
+    )
+
+
+def score_split(
+    model: nn.Module, data: SplitData, *, batch_size: int, device: torch.device, precision: str
+) -> tuple[Scores, dict[str, np.ndarray]]:
+    """Predict a whole split in batches and score it with the official metrics."""
+    predictions = predict(model, data.features, batch_size=batch_size, device=device, precision=precision)
+    pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
+    return evaluate(pred_audio, pred_visual, data.split.audio, data.split.visual), predictions
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    best_epoch: int
+    best_val_type: float
+    test_scores: Scores | None
+    train_seconds: float
+    parameters: int
+
+
+def train(
+    config: TrainConfig,
+    *,
+    features: str | Path,
+    annotations: str | Path,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    val_features: str | Path | None = None,
+) -> TrainResult:
+    """Train one model with `config`, validating each epoch; keeps the best epoch and scores it on test.
+
+    Writes into `out_dir`: config.json, metrics.jsonl (one line per epoch), best.safetensors/.json (best validation
+    segment-level Type@AV), last.pt (full state for `--resume`), test_scores.json.
+    """
+    from tqdm.auto import tqdm
+
+    from avvp.metrics import format_scores
+
+    device = torch.device(device)
+    dist_ctx = init_distributed(device)
+    if dist_ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_ctx.local_rank)
+        torch.cuda.set_device(device)
+    precision = resolve_precision(config.precision, device)
+    out_dir = Path(out_dir)
+    features, annotations = Path(features), Path(annotations)
+    state_path = out_dir / "last.pt"
+    metrics_path = out_dir / "metrics.jsonl"
+    if dist_ctx.is_main:
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            raise AvvpError(f"{out_dir} is not empty: pass --resume to continue that run, or choose another --out")
+        if resume and not state_path.exists():
+            raise AvvpError(f"{state_path} does not exist: nothing to resume")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, **config.model_overrides).to(device)
+    parameters = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+
+    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos)
+    val_data = load_split_data(Path(val_features or features), annotations, "val") if dist_ctx.is_main else None
+
+    start_epoch, best_epoch, best_type = 1, 0, -math.inf
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], shuffle_generator, device)
+        start_epoch, best_epoch, best_type = state["epoch"] + 1, state["best_epoch"], state["best_val_type"]
+        if dist_ctx.is_main:
+            _truncate_metrics(metrics_path, start_epoch)
+        log.info("resuming %s at epoch %d (best so far: epoch %d)", out_dir, start_epoch, best_epoch)
+
+    run_config = {
+        "avvp_version": __version__,
+        "train": config.to_dict(),
+        "model": {"name": config.model, "config": model.config.to_dict()},
+        "features": str(features),
+        "annotations": str(annotations),
+        "device": str(device),
+        "precision": precision,
+        "world_size": dist_ctx.world_size,
+        "train_videos": len(train_data.split.filenames),
+    }
+    if dist_ctx.is_main:
+        atomic_write_text(out_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
+
+    # Training tensors: on the device once when they fit (always on CPU), shuffled by index.
+    train_tensors = _to_device_if_fits(train_data, device)
+    labels_all = torch.as_tensor(train_data.split.labels, dtype=torch.float32).to(train_tensors[0].device)
+    count = len(labels_all)
+
+    step_model: nn.Module = model
+    if config.compile:
+        step_model = torch.compile(step_model)
+    if dist_ctx.enabled:
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    train_seconds = 0.0
+    for epoch in range(start_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(count, generator=shuffle_generator)
+        sums: dict[str, float] = {}
+        steps = math.ceil(count / config.batch_size)
+        bar = tqdm(
+            range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not (progress and dist_ctx.is_main)
+        )
+        for step in bar:
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            global_size = len(batch)
+            local = batch[dist_ctx.rank :: dist_ctx.world_size]  # this process's shard of the global batch
+            index = local.to(train_tensors[0].device)
+            audio, res152, r2plus1d = (t.index_select(0, index).to(device, non_blocking=True) for t in train_tensors)
+            labels = labels_all.index_select(0, index).to(device)
+            with autocast(device, precision):
+                output = step_model(audio, res152, r2plus1d)
+            losses = compute_losses(output, labels, config)
+            # Per-sample terms: sum over the shard / global batch size, times world size because DDP averages
+            # gradients over processes; this equals the mean over the global batch in one process.
+            per_sample = sum(losses[k] for k in ("video", "audio", "visual"))
+            loss = per_sample.sum() / global_size * dist_ctx.world_size
+            for key in ("audio_tokens", "visual_tokens"):
+                if key in losses:
+                    loss = loss + losses[key]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in losses.items():  # per-video sums; a per-step term counts once per video
+                value = value.detach()
+                total = float(value.sum()) if value.dim() else float(value) * len(local)
+                sums[key] = sums.get(key, 0.0) + total
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        epoch_losses = _reduce_losses(sums, count, dist_ctx)
+        train_seconds += time.perf_counter() - epoch_start
+
+        if dist_ctx.is_main:
+            val_scores, _ = score_split(
+                model, val_data, batch_size=config.eval_batch_size, device=device, precision=precision
+            )
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": lr,
+                "loss": epoch_losses,
+                "val": {"segment": val_scores.segment, "event": val_scores.event},
+                "epoch_seconds": time.perf_counter() - epoch_start,
+            }
+            plain = _unwrap(model)
+            tokens = _token_logits(plain, val_data, device)
+            if tokens is not None:
+                record["tokens"] = {"audio": token_scores(tokens[0]), "visual": token_scores(tokens[1])}
+            _append_jsonl(metrics_path, record)
+            type_score = val_scores.segment["type"]
+            msg = (
+                f"epoch {epoch}: loss {epoch_losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
+                f"Event@AV {val_scores.segment['event']:.2f}"
+            )
+            if type_score > best_type:
+                best_type, best_epoch = type_score, epoch
+                save_checkpoint(
+                    out_dir / "best.safetensors",
+                    plain,
+                    metadata={"epoch": epoch, "val": record["val"], "train": config.to_dict()},
+                )
+                msg += " (best)"
+            log.info(msg)
+            atomic_torch_save(
+                {
+                    "model": plain.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(shuffle_generator, device),
+                    "epoch": epoch,
+                    "best_epoch": best_epoch,
+                    "best_val_type": best_type,
+                },
+                state_path,
+            )
+        _barrier(dist_ctx)
+
+    test_scores = None
+    if dist_ctx.is_main:
+        test_scores = _score_best_on_test(out_dir, features, annotations, config, device, precision)
+        print(format_scores(test_scores))
+    _barrier(dist_ctx)
+    return TrainResult(out_dir, best_epoch, best_type, test_scores, train_seconds, parameters)
+
+
+@torch.inference_mode()
+def _token_logits(model: nn.Module, data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """MGN's class-token logits (they do not depend on the input; one video is run to get them)."""
+    model.eval()
+    one = tuple(torch.as_tensor(np.asarray(a[:1]), dtype=torch.float32).to(device) for a in (
+        data.features.audio, data.features.res152, data.features.r2plus1d))
+    output = model(*one)
+    if output.audio_token_logits is None:
+        return None
+    return output.audio_token_logits, output.visual_token_logits
+
+
+def _score_best_on_test(
+    out_dir: Path, features: Path, annotations: Path, config: TrainConfig, device: torch.device, precision: str
+) -> Scores:
+    from avvp.checkpoint import load_model
+
+    model, _ = load_model(out_dir / "best.safetensors", map_location=device)
+    test_data = load_split_data(features, annotations, "test")
+    scores, _ = score_split(model, test_data, batch_size=config.eval_batch_size, device=device, precision=precision)
+    meta = json.loads((out_dir / "best.json").read_text()).get("metadata", {})
+    payload = {"segment": scores.segment, "event": scores.event, "best_epoch": meta.get("epoch")}
+    atomic_write_text(out_dir / "test_scores.json", json.dumps(payload, indent=2) + "\n")
+    return scores
+
+
+def _to_device_if_fits(data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    arrays = (data.features.audio, data.features.res152, data.features.r2plus1d)
+    tensors = tuple(torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays)
+    if device.type == "cuda":
+        need = sum(t.numel() * 4 for t in tensors)
+        free, _ = torch.cuda.mem_get_info(device)
+        if need < 0.5 * free:
+            return tuple(t.to(device) for t in tensors)
+        return tuple(t.pin_memory() for t in tensors)
+    return tensors
+
+
+def _reduce_losses(sums: dict[str, float], count: int, ctx: DistributedContext) -> dict[str, float]:
+    """Mean of each loss term over the epoch's videos (summed over processes)."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    means = {k: float(v) / count for k, v in zip(keys, values)}
+    means["total"] = sum(means.values())
+    return means
+
+
+def _barrier(ctx: DistributedContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _truncate_metrics(path: Path, start_epoch: int) -> None:
+    """Drop metric lines of epochs that will be run again (written after the last saved state)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] < start_epoch]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,77 @@
+"""Training end to end on tiny data through the CLI: run folder contents, resume equivalence, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avvp.cli import main
+
+TINY_MGN = ["--dim", "32", "--depth-audio", "1", "--depth-visual", "1", "--depth-av", "1"]
+
+
+def _train(tiny: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "train",
+            "--features", str(tiny / "feats"),
+            "--annotations", str(tiny),
+            "--out", str(out),
+            "--device", "cpu",
+            "--batch-size", "8",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("model", ["mgn", "han"])
+def test_train_writes_run_folder(tiny_llp: Path, tmp_path: Path, model: str) -> None:
+    out = tmp_path / model
+    extra = TINY_MGN if model == "mgn" else ["--dim", "64"]
+    assert _train(tiny_llp, out, "--model", model, "--epochs", "2", *extra) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        assert set(line["val"]["segment"]) == {"audio", "visual", "audio_visual", "type", "event"}
+        assert line["loss"]["total"] > 0
+        assert ("tokens" in line) == (model == "mgn")
+    assert lines[0]["lr"] == pytest.approx(3e-4)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == model and config["train"]["epochs"] == 2
+    test_scores = json.loads((out / "test_scores.json").read_text())
+    assert 0 <= test_scores["segment"]["type"] <= 100
+    assert (out / "best.safetensors").exists() and (out / "last.pt").exists()
+
+
+def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:
+    """2 epochs in one go == 1 epoch, then --resume to 2 (CPU, same seed): identical final weights."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--model", "mgn", *TINY_MGN, "--unimodal-assign", "hard", "--lr-step", "1"]
+    assert _train(tiny_llp, straight, "--epochs", "2", *common) == 0
+    assert _train(tiny_llp, resumed, "--epochs", "1", *common) == 0
+    assert _train(tiny_llp, resumed, "--epochs", "2", "--resume", *common) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert load_file(straight / "best.safetensors").keys() == load_file(resumed / "best.safetensors").keys()
+
+
+def test_train_refuses_non_empty_out(tiny_llp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert _train(tiny_llp, out, "--epochs", "1", *TINY_MGN) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_han_rejects_mgn_flags(tiny_llp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _train(tiny_llp, tmp_path / "run", "--model", "han", "--depth-av", "2") == 2
+    assert "--depth-av" in capsys.readouterr().err
