@@ -18,6 +18,8 @@ from avvp.errors import AvvpError
 # Subcommand modules, in the order `avvp --help` lists them.
 COMMANDS: list[str] = [
     "score",
+    "models",
+    "export",
 ]
 
 

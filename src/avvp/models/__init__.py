@@ -172,11 +172,14 @@ def model_size_table() -> list[SizeRow]:
     HAN gets two rows: the parameters its forward uses, and the authors' released checkpoint, which also
     carries modules the forward never uses (the paper's 36 MB counts those).
     """
+    import torch
+
     from avvp.models.han import official_unused_shapes
 
     rows = []
     for label, name, overrides, paper_mb in _PAPER_TABLE:
-        parameters = count_parameters(create_model(name, **overrides))
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            parameters = count_parameters(create_model(name, **overrides))
         if name == "han":
             rows.append(SizeRow(label, name, dict(overrides), parameters, None, "used by the forward pass"))
             config = make_config(name, **overrides)
