@@ -92,15 +92,13 @@ def parse_predictions(
 
 def _video_f(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     """Each video's mean F over the classes with any prediction or ground truth (1.0 when none): [N, 25] -> [N]."""
-    errors = fn + fp
-    active = (tp + fp > 0) | (tp + fn > 0)  # [N, 25]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        class_f = np.where(active, 2 * tp / (2 * tp + errors), 0.0)  # [N, 25]
+    denominator = 2 * tp + (fn + fp)  # [N, 25], zero exactly for classes with no prediction and no ground truth
+    active = denominator > 0
+    class_f = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=active)  # [N, 25]
     # A running sum adds the classes one after another, in the official code's order (np.sum may pair them up).
     total = np.add.accumulate(class_f, axis=1)[:, -1]  # [N]
     count = active.sum(axis=1)  # [N]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+    return np.divide(total, count, out=np.ones(total.shape), where=count > 0)
 
 
 def _counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> TrackCounts:
@@ -109,10 +107,10 @@ def _counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> TrackCounts:
 
 def _segment_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment-level TP, FP, FN per video and class: bool [N, 10, 25] -> int64 [N, 25] each."""
-    tp = np.count_nonzero(pred & truth, axis=1)
-    fp = np.count_nonzero(pred & ~truth, axis=1)
-    fn = np.count_nonzero(~pred & truth, axis=1)
-    return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
+    tp = (pred & truth).sum(axis=1, dtype=np.int64)
+    fp = pred.sum(axis=1, dtype=np.int64) - tp
+    fn = truth.sum(axis=1, dtype=np.int64) - tp
+    return tp, fp, fn
 
 
 def _interval_table(length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +129,19 @@ def _interval_table(length: int) -> tuple[np.ndarray, np.ndarray]:
 _INTERVAL_INDEX, _IOU_MATCHES = _interval_table(NUM_SEGMENTS)
 
 
+def _runs(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of positive segments: bool [N, 10, 25] -> (sequence = video * 25 + class, start, end) [R] each."""
+    count = segments.shape[0]
+    padded = np.zeros((count, NUM_CLASSES, NUM_SEGMENTS + 2), dtype=np.int8)  # [N, 25, 12], 0 at both ends
+    padded[:, :, 1:-1] = segments.transpose(0, 2, 1)
+    steps = np.diff(padded.reshape(count * NUM_CLASSES, NUM_SEGMENTS + 2), axis=1)  # [N*25, 11]: +1 start, -1 end
+    # In row-major order the steps of every sequence alternate start, end, start, end, ...
+    changes = np.flatnonzero(steps)
+    starts, ends = changes[0::2], changes[1::2]
+    width = NUM_SEGMENTS + 1
+    return starts // width, starts % width, ends % width
+
+
 def extract_events(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The events (maximal runs of positive segments) of every video and class.
 
@@ -141,15 +152,8 @@ def extract_events(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
         (video, class_index, start, end) int arrays [R], one entry per event covering segments start .. end-1,
         sorted by video, class and start.
     """
-    count = segments.shape[0]
-    padded = np.zeros((count, NUM_CLASSES, NUM_SEGMENTS + 2), dtype=bool)  # [N, 25, 12], False at both ends
-    padded[:, :, 1:-1] = segments.transpose(0, 2, 1)
-    inner = padded[:, :, 1:-1]  # [N, 25, 10]
-    first = inner & ~padded[:, :, :-2]  # first segment of a run
-    last = inner & ~padded[:, :, 2:]  # last segment of a run
-    video, class_index, start = np.nonzero(first)
-    _, _, end = np.nonzero(last)  # same (video, class, time) order, so the i-th last closes the i-th run
-    return video, class_index, start, end + 1
+    sequence, start, end = _runs(np.asarray(segments, dtype=bool))
+    return sequence // NUM_CLASSES, sequence % NUM_CLASSES, start, end
 
 
 def _event_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,10 +164,8 @@ def _event_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.n
     """
     count = pred.shape[0]
     sequences = count * NUM_CLASSES
-    pred_video, pred_class, pred_start, pred_end = extract_events(pred)
-    truth_video, truth_class, truth_start, truth_end = extract_events(truth)
-    pred_row = pred_video * NUM_CLASSES + pred_class  # [P] index of the (video, class) sequence
-    truth_row = truth_video * NUM_CLASSES + truth_class  # [G]
+    pred_row, pred_start, pred_end = _runs(pred)  # [P] each
+    truth_row, truth_start, truth_end = _runs(truth)  # [G] each
     truth_has = np.zeros((sequences, len(_IOU_MATCHES)), dtype=bool)  # [N*25, K]: which intervals are gt events
     truth_has[truth_row, _INTERVAL_INDEX[truth_start, truth_end]] = True
     matched = (truth_has[pred_row] & _IOU_MATCHES[_INTERVAL_INDEX[pred_start, pred_end]]).any(axis=1)  # [P]
