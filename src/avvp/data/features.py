@@ -89,8 +89,13 @@ class FeatureFolder:
         """(audio [10,128], res152 [80,2048], r2plus1d [10,512]) of one video, validated."""
         return self.read("audio", video_id), self.read("res152", video_id), self.read("r2plus1d", video_id)
 
-    def load(self, video_ids: Sequence[str], *, pooled: bool = False, progress: bool = False) -> Features:
-        """Features of `video_ids` stacked in that order; `pooled` averages res152 per second to [N, 10, 2048]."""
+    def load(
+        self, video_ids: Sequence[str], *, pooled: bool = False, progress: bool = False, desc: str | None = None
+    ) -> Features:
+        """Features of `video_ids` stacked in that order; `pooled` averages res152 per second to [N, 10, 2048].
+
+        `progress` shows a progress bar labelled `desc`.
+        """
         from tqdm.auto import tqdm
 
         count = len(video_ids)
@@ -107,7 +112,7 @@ class FeatureFolder:
             features.res152[row] = pool_res152(res152) if pooled else res152
             features.r2plus1d[row] = r2plus1d
 
-        bar = tqdm(total=count, desc=f"features {self.root.name}", unit="video", disable=not progress)
+        bar = tqdm(total=count, desc=desc or f"features {self.root.name}", unit="video", disable=not progress)
         with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
             for _ in pool.map(fill, range(count)):  # re-raises the first error in order
                 bar.update()
