@@ -272,3 +272,22 @@ def test_read_dense_labels_warns_about_videos_in_no_split(tmp_path, caplog):
         "split (--verbose lists them)"
     )
     assert [r.getMessage() for r in caplog.records] == [expected]
+
+
+def test_read_dense_labels_without_known_videos_only_warns_about_empty_events(tmp_path, caplog):
+    rows = ["aaaaaaaaaaa_0_10\t0\t3\tSpeech", "zzzzzzzzzzz_0_10\t4\t4\tDog"]
+    path = write(tmp_path / "dense.csv", DENSE_HEADER, rows)
+    with caplog.at_level(logging.WARNING, logger="avvp.data.annotations"):
+        read_dense_labels(path, ["aaaaaaaaaaa_0_10"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "1 row with onset = offset" in messages[0] and "no split" not in messages[0]
+
+
+def test_load_split_without_the_other_eval_list(llp_dir, tmp_path, caplog):
+    for name in [SPLIT_FILES["test"], *DENSE_FILES.values()]:
+        shutil.copy(llp_dir / name, tmp_path / name)
+    with caplog.at_level(logging.WARNING, logger="avvp.data.annotations"):
+        data = load_split(tmp_path, "test")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "no split" not in messages[0] and "1 row with onset > offset" in messages[0]
+    np.testing.assert_array_equal(data.audio, load_split(llp_dir, "test").audio)

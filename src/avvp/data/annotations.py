@@ -247,15 +247,18 @@ def read_dense_events(path: str | Path, *, skip_bad_rows: bool = False) -> list[
     return events
 
 
-def find_ignored_rows(path: str | Path, events: Iterable[DenseEvent], known_filenames: Iterable[str]) -> IgnoredRows:
+def find_ignored_rows(
+    path: str | Path, events: Iterable[DenseEvent], known_filenames: Iterable[str] | None
+) -> IgnoredRows:
     """The rows of a dense eval file that the official evaluation silently ignores.
 
-    `known_filenames` are the videos of the eval splits (val and test); rows naming others are "in no split".
+    `known_filenames` are the videos of the eval splits (val and test); rows naming others are "in no split"
+    (not checked when it is None).
     """
-    known = set(known_filenames)
+    known = None if known_filenames is None else set(known_filenames)
     ignored = IgnoredRows(Path(path))
     for event in events:
-        if event.filename not in known:
+        if known is not None and event.filename not in known:
             ignored.no_split.append((event.line, event.filename))
         if event.onset == event.offset:
             ignored.zero_length.append((event.line, event.filename))
@@ -303,7 +306,7 @@ def read_dense_labels(
     videos outside it are counted as "in no split" in the warning; rows with onset >= offset mark nothing.
     """
     events = read_dense_events(path, skip_bad_rows=skip_bad_rows)
-    known = set(filenames) if known_filenames is None else set(known_filenames) | set(filenames)
+    known = None if known_filenames is None else set(known_filenames) | set(filenames)
     _warn_ignored([find_ignored_rows(path, events, known)])
     return dense_labels(events, filenames)
 
@@ -316,9 +319,12 @@ def load_split(annotations_dir: str | Path, split: str, *, skip_bad_rows: bool =
     weak = read_weak_labels(folder / SPLIT_FILES[split], skip_bad_rows=skip_bad_rows)
     if split not in EVAL_SPLITS:
         return Split(split, weak.filenames, weak.labels, None, None)
-    other = "test" if split == "val" else "val"
-    known = set(weak.filenames) | set(
-        read_weak_labels(folder / SPLIT_FILES[other], skip_bad_rows=skip_bad_rows).filenames
+    other_path = folder / SPLIT_FILES["test" if split == "val" else "val"]
+    # Rows of videos in neither eval split are counted in the warning; without the other list that is unknown.
+    known = (
+        set(weak.filenames) | set(read_weak_labels(other_path, skip_bad_rows=skip_bad_rows).filenames)
+        if other_path.is_file()
+        else None
     )
     truth, ignored = {}, []
     for modality, filename in DENSE_FILES.items():
