@@ -17,6 +17,7 @@ from avvp.errors import AvvpError
 
 # Subcommand modules, in the order `avvp --help` lists them.
 COMMANDS: list[str] = [
+    "synth",
     "score",
     "models",
     "export",
