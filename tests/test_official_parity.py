@@ -13,6 +13,15 @@ from avvp.checkpoint import load_model
 OUTPUTS = ("video", "audio_video", "visual_video", "audio", "visual", "audio_token_logits", "visual_token_logits")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on an oversubscribed intra-op pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fixture_arrays(official_fixture: Path) -> dict[str, np.ndarray]:
     with np.load(official_fixture) as arrays:

@@ -1,0 +1,271 @@
+"""MGN and HAN: shapes, gradients, determinism, input forms, configs and the parameter counts of the papers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avvp.cli import main
+from avvp.errors import AvvpError
+from avvp.models import (
+    MODEL_NAMES,
+    HANConfig,
+    MGNConfig,
+    ParseOutput,
+    count_parameters,
+    create_model,
+    model_size_table,
+    paper_table_configs,
+)
+
+# Small models for the behaviour tests; every combination of the MGN assignment kinds.
+SMALL = {
+    "mgn-soft-soft": ("mgn", {"dim": 16, "depth_audio": 1, "depth_visual": 2, "depth_av": 1}),
+    "mgn-hard-hard": (
+        "mgn",
+        {
+            "dim": 16,
+            "depth_audio": 1,
+            "depth_visual": 1,
+            "depth_av": 2,
+            "unimodal_assign": "hard",
+            "crossmodal_assign": "hard",
+        },
+    ),
+    "mgn-soft-hard": (
+        "mgn",
+        {"dim": 16, "depth_audio": 1, "depth_visual": 1, "depth_av": 1, "crossmodal_assign": "hard"},
+    ),
+    "mgn-hard-soft": (
+        "mgn",
+        {"dim": 16, "depth_audio": 2, "depth_visual": 1, "depth_av": 1, "unimodal_assign": "hard"},
+    ),
+    "han": ("han", {"dim": 32, "ff_dim": 24, "num_heads": 2}),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run ~100x faster on one thread than on an oversubscribed intra-op pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inputs(batch: int = 3, seed: int = 0, frames: int = 80) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    audio = torch.randn(batch, 10, 128, generator=generator)
+    res152 = torch.rand(batch, frames, 2048, generator=generator)
+    r2plus1d = torch.rand(batch, 10, 512, generator=generator)
+    return audio, res152, r2plus1d
+
+
+def build(key: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    name, overrides = SMALL[key]
+    return create_model(name, **overrides)
+
+
+@pytest.mark.parametrize("key", SMALL)
+def test_output_shapes_and_values(key):
+    model = build(key).eval()
+    with torch.no_grad():
+        output = model(*make_inputs(batch=3))
+    assert isinstance(output, ParseOutput)
+    for name in ("video", "audio_video", "visual_video"):
+        assert getattr(output, name).shape == (3, 25)
+    for name in ("audio", "visual"):
+        assert getattr(output, name).shape == (3, 10, 25)
+    for name in ("video", "audio_video", "visual_video", "audio", "visual"):
+        values = getattr(output, name)
+        assert torch.isfinite(values).all(), name
+        assert (values >= 0).all(), name
+    for name in ("video", "audio_video", "visual_video"):
+        assert (getattr(output, name) <= 1).all(), name
+    if model.name == "mgn":
+        assert output.audio_token_logits.shape == output.visual_token_logits.shape == (25, 25)
+        assert output.audio_maps.shape == output.visual_maps.shape == (3, 25, 10)
+        # Segment probabilities are the video-level ones weighted by the grouping map.
+        expected = (output.audio_video.unsqueeze(-1) * output.audio_maps).transpose(1, 2)
+        torch.testing.assert_close(output.audio, expected)
+    else:
+        assert output.audio_token_logits is None and output.audio_maps is None
+        assert (output.audio <= 1).all() and (output.visual <= 1).all()
+
+
+def test_mgn_maps_follow_the_assignment_kind():
+    """Hard maps are one-hot over the classes per segment; soft maps are 1 + a distribution over segments."""
+    with torch.no_grad():
+        hard = build("mgn-hard-hard").eval()(*make_inputs())
+        soft = build("mgn-soft-soft").eval()(*make_inputs())
+    torch.testing.assert_close(hard.audio_maps.sum(dim=1), torch.ones(3, 10))
+    assert set(hard.visual_maps.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(soft.audio_maps.sum(dim=2), torch.full((3, 25), 1.0 + 10.0))
+    assert (soft.audio_maps > 1).all()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_single_video_batches_keep_their_batch_axis(batch):
+    for key in ("mgn-soft-soft", "han"):
+        with torch.no_grad():
+            output = build(key).eval()(*make_inputs(batch=batch))
+        assert output.video.shape == (batch, 25) and output.audio.shape == (batch, 10, 25)
+
+
+@pytest.mark.parametrize("key", SMALL)
+def test_every_parameter_gets_a_gradient_in_training(key):
+    model = build(key).train()
+    if model.name == "mgn":
+        # Class tokens start at zero, which zeroes the class head's weight gradient: move them as training would.
+        with torch.no_grad():
+            model.audio_class_tokens.normal_(std=0.02)
+            model.visual_class_tokens.normal_(std=0.02)
+    torch.manual_seed(1)
+    output = model(*make_inputs(batch=4))
+    loss = sum(getattr(output, name).mean() for name in ("video", "audio_video", "visual_video", "audio", "visual"))
+    if output.audio_token_logits is not None:
+        targets = torch.arange(25)
+        loss = loss + F.cross_entropy(output.audio_token_logits, targets)
+        loss = loss + F.cross_entropy(output.visual_token_logits, targets)
+    loss.backward()
+    without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not without, f"no gradient: {without[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("key", SMALL)
+def test_eval_mode_is_deterministic(key):
+    model = build(key).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        first, second = model(*inputs), model(*inputs)
+    for name in ("video", "audio_video", "visual_video", "audio", "visual"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+
+
+def test_same_seed_builds_the_same_model():
+    first, second = build("mgn-soft-soft"), build("mgn-soft-soft")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_hard_assignment_samples_gumbel_noise_only_in_training():
+    model = build("mgn-hard-hard")
+    inputs = make_inputs(batch=4)
+    model.train()
+    torch.manual_seed(0)
+    first = model(*inputs).audio_maps
+    torch.manual_seed(1)
+    second = model(*inputs).audio_maps
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("key", ["mgn-soft-soft", "mgn-hard-hard", "han"])
+def test_per_second_res152_equals_80_frames(key):
+    """The linear layer commutes with the mean: pooled [B, 10, 2048] input is the same model input."""
+    model = build(key).eval()
+    audio, res152, r2plus1d = make_inputs()
+    pooled = res152.reshape(3, 10, 8, 2048).mean(dim=2)
+    with torch.no_grad():
+        from_frames, from_pooled = model(audio, res152, r2plus1d), model(audio, pooled, r2plus1d)
+    for name in ("video", "audio", "visual"):
+        torch.testing.assert_close(getattr(from_frames, name), getattr(from_pooled, name), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shapes, fragment",
+    [
+        (((2, 10, 64), (2, 80, 2048), (2, 10, 512)), "audio features"),
+        (((2, 10, 128), (2, 40, 2048), (2, 10, 512)), "res152 features"),
+        (((2, 10, 128), (2, 80, 1024), (2, 10, 512)), "res152 features"),
+        (((2, 10, 128), (2, 80, 2048), (2, 10, 256)), "r2plus1d features"),
+        (((2, 10, 128), (2, 80, 2048), (3, 10, 512)), "r2plus1d features"),
+    ],
+)
+def test_wrong_feature_shapes_are_clear_errors(shapes, fragment):
+    model = build("mgn-soft-soft").eval()
+    with pytest.raises(AvvpError, match=fragment):
+        model(*(torch.zeros(shape) for shape in shapes))
+
+
+def test_configs_resolve_reject_unknown_keys_and_round_trip():
+    model = create_model("mgn", dim=16, depth_av=1, unimodal_assign="hard")
+    assert model.name == "mgn"
+    assert model.config == MGNConfig(dim=16, depth_av=1, unimodal_assign="hard")
+    assert MGNConfig.from_dict(model.config.to_dict()) == model.config
+    assert json.loads(json.dumps(model.config.to_dict())) == model.config.to_dict()
+    assert HANConfig.from_dict(HANConfig().to_dict()) == HANConfig()
+    assert create_model("han", dim=32).config == HANConfig(dim=32)
+    with pytest.raises(AvvpError, match="unknown MGNConfig key"):
+        MGNConfig.from_dict({"dim": 16, "depth": 3})
+    with pytest.raises(AvvpError, match="unknown HANConfig key"):
+        create_model("han", depth_av=2)
+    with pytest.raises(AvvpError, match="'soft' or 'hard'"):
+        create_model("mgn", crossmodal_assign="gumbel")
+    with pytest.raises(AvvpError, match="multiple of 8"):
+        create_model("mgn", dim=20)
+    with pytest.raises(AvvpError, match="unknown model"):
+        create_model("vit")
+    assert MODEL_NAMES == ("mgn", "han")
+
+
+def test_mgn_initialisation():
+    model = create_model("mgn", dim=64, depth_audio=1, depth_visual=1, depth_av=1)
+    assert torch.count_nonzero(model.audio_class_tokens) == 0 and torch.count_nonzero(model.visual_class_tokens) == 0
+    weight = model.visual_fusion.res152_proj.weight
+    assert 0.018 < weight.std() < 0.022
+    assert torch.count_nonzero(model.visual_fusion.res152_proj.bias) == 0
+    assert torch.count_nonzero(model.mcg.grouping.assign.q_proj.bias) == 0
+    assert torch.equal(model.audio_cug.blocks[0].norm1.weight, torch.ones(64))
+
+
+# The authors' parameter counts (MGN paper, supplement Table 1; issue 3).
+MGN_COUNTS = {
+    (1, 1, 2): 2_779_889,
+    (2, 2, 4): 3_572_977,
+    (3, 3, 6): 4_366_065,
+    (4, 4, 8): 5_159_153,
+    (3, 3, 3): 3_771_249,
+    (6, 6, 3): 4_960_881,
+}
+
+
+@pytest.mark.parametrize("depths", MGN_COUNTS)
+def test_mgn_parameter_counts_match_the_authors(depths):
+    with torch.device("meta"):
+        model = create_model("mgn", depth_audio=depths[0], depth_visual=depths[1], depth_av=depths[2])
+    assert count_parameters(model) == MGN_COUNTS[depths]
+
+
+def test_han_parameter_count_matches_the_authors():
+    with torch.device("meta"):
+        assert count_parameters(create_model("han")) == 4_569_675
+
+
+def test_size_table_rows():
+    rows = {(row.label, row.note): row for row in model_size_table()}
+    assert rows[("HAN", "used by the forward pass")].parameters == 4_569_675
+    assert rows[("HAN", "as released")].parameters == 9_307_723
+    assert f"{rows[('HAN', 'as released')].megabytes:.1f}" == "37.2"
+    assert f"{rows[('HAN', 'used by the forward pass')].megabytes:.1f}" == "18.3"
+    mgn = {row.label: row for row in rows.values() if row.model == "mgn"}
+    for depths, count in MGN_COUNTS.items():
+        assert mgn[f"MGN ({depths[0]},{depths[1]},{depths[2]})"].parameters == count
+    assert f"{mgn['MGN (3,3,6)'].megabytes:.1f}" == "17.5"
+    labels = [label for label, _, _ in paper_table_configs()]
+    assert labels == ["HAN"] + [f"MGN ({a},{v},{av})" for a, v, av in MGN_COUNTS]
+
+
+def test_models_command_prints_the_table(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("MGN (3,3,6)" in line and "4,366,065" in line and "17.5" in line for line in lines)
+    assert any(line.startswith("HAN") and "9,307,723" in line and "37.2" in line for line in lines)
+    assert any(line.startswith("HAN") and "4,569,675" in line and "18.3" in line for line in lines)
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["label"]: row["parameters"] for row in rows if row["model"] == "mgn"}["MGN (4,4,8)"] == 5_159_153
