@@ -75,3 +75,5 @@ def test_train_refuses_non_empty_out(tiny_llp: Path, tmp_path: Path, capsys: pyt
 def test_han_rejects_mgn_flags(tiny_llp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _train(tiny_llp, tmp_path / "run", "--model", "han", "--depth-av", "2") == 2
     assert "--depth-av" in capsys.readouterr().err
+    assert _train(tiny_llp, tmp_path / "run2", "--model", "mgn", "--dropout", "0") == 2
+    assert "--dropout" in capsys.readouterr().err

@@ -87,15 +87,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unimodal-assign", choices=["soft", "hard"], help="MGN: CUG assignment (default soft)")
     group.add_argument("--crossmodal-assign", choices=["soft", "hard"], help="MGN: MCG assignment (default soft)")
     group.add_argument("--drop-path", type=float, help="MGN: stochastic depth rate (default 0.1)")
+    group.add_argument("--dropout", type=float, help="HAN: dropout rate (default 0.1)")
 
 
 def model_overrides(args: argparse.Namespace, model: str) -> dict:
     """The model flags that were given, as config overrides (MGN-only flags rejected for HAN)."""
     names = ["dim", "depth_audio", "depth_visual", "depth_av", "unimodal_assign", "crossmodal_assign", "drop_path"]
+    names.append("dropout")
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    if model == "han":
-        mgn_only = sorted(set(given) - {"dim"})
-        if mgn_only:
-            flags = ", ".join("--" + n.replace("_", "-") for n in mgn_only)
-            raise AvvpError(f"{flags}: MGN-only option(s), not valid with --model han")
+    other = sorted(set(given) - {"dim", "dropout"}) if model == "han" else sorted(set(given) & {"dropout"})
+    if other:
+        flags = ", ".join("--" + n.replace("_", "-") for n in other)
+        raise AvvpError(f"{flags}: not an option of {model.upper()}")
     return given

@@ -1,0 +1,48 @@
+"""DDP: 2 gloo processes under torchrun give the same weights as one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from avvp.cli import main
+from avvp.data.features import load_features
+from avvp.models import create_model
+
+# A deterministic model (HAN without dropout) so that one process and two can be compared exactly; MGN always
+# draws Gumbel noise in training (its audio CUG's cross-modal block is hard when the unimodal one is soft).
+ARGS = ["--model", "han", "--dim", "64", "--dropout", "0", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
+
+
+def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path) -> None:
+    common = ["--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
+    assert main(["train", "--out", str(tmp_path / "single"), *common]) == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "avvp", "train", "--out", str(tmp_path / "ddp"), *common]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Compare what the models compute. Parameters whose true gradient is zero (a bias added before a softmax over
+    # the same axis) receive rounding noise of ~1e-9 that Adam normalises to steps of ~lr, so those parameters
+    # differ between any two summation orders while the outputs do not.
+    models = []
+    for run in ("single", "ddp"):
+        model = create_model("han", dim=64, dropout=0.0)
+        model.load_state_dict(torch.load(tmp_path / run / "last.pt", weights_only=True)["model"])
+        models.append(model.eval())
+    ids = [line.split("\t")[0][:11] for line in (tiny_llp / "AVVP_train.csv").read_text().splitlines()[1:]]
+    features = load_features(tiny_llp / "feats", ids)
+    inputs = [torch.from_numpy(a) for a in (features.audio, features.res152, features.r2plus1d)]
+    with torch.no_grad():
+        one, two = (model(*inputs) for model in models)
+    for key in ("video", "audio_video", "visual_video", "audio", "visual"):
+        torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-4, atol=1e-5, msg=key)
+    # only rank 0 writes: one metrics line per epoch, one best checkpoint
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
