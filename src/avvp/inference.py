@@ -97,7 +97,7 @@ def predict_videos(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
-    precision: str = "auto",
+    precision: str = "fp32",
     unimodal_assign: str | None = None,
     crossmodal_assign: str | None = None,
     progress: bool = True,

@@ -145,6 +145,15 @@ def token_scores(logits: torch.Tensor) -> dict[str, float]:
     }
 
 
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam as in the recipe, with the fused kernel where this torch has it (the same update, one kernel per step
+    instead of several per parameter: on CPU this halves MGN's step time)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # older torch without fused Adam on this device
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 @dataclass
 class SplitData:
     """A split's annotations and its features held in memory."""
@@ -255,7 +264,7 @@ def train(
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_overrides).to(device)
     parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
 
@@ -338,7 +347,8 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         epoch_losses = _reduce_losses(sums, count, dist_ctx)
-        train_seconds += time.perf_counter() - epoch_start
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_train_seconds
 
         if dist_ctx.is_main:
             val_scores, _ = score_split(
@@ -349,6 +359,8 @@ def train(
                 "lr": lr,
                 "loss": epoch_losses,
                 "val": {"segment": val_scores.segment, "event": val_scores.event},
+                "train_seconds": epoch_train_seconds,
+                "videos_per_second": count / epoch_train_seconds,
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
             plain = _unwrap(model)
