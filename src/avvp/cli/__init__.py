@@ -19,6 +19,8 @@ from avvp.errors import AvvpError
 COMMANDS: list[str] = [
     "synth",
     "score",
+    "extract",
+    "parse",
     "models",
     "export",
 ]

@@ -72,7 +72,9 @@ def resolve_weights(args: argparse.Namespace) -> WeightSource:
         return WeightSource(folder=None, random=True, vggish_pca=vggish_pca)
     value = args.weights or os.environ.get(WEIGHTS_ENV)
     if not value:
-        raise AvvpError(f"no weights folder: pass --weights DIR or set ${WEIGHTS_ENV}; {_expected_text(vggish_pca)}")
+        raise AvvpError(
+            f"no weights folder: pass --weights DIR or set ${WEIGHTS_ENV}; it must hold {_expected_text(vggish_pca)}"
+        )
     source = WeightSource(folder=Path(value), vggish_pca=vggish_pca)
     missing = [name for name in _needed(vggish_pca) if find_weight_file(source.folder, name) is None]
     if missing:
@@ -113,4 +115,4 @@ def _expected_text(vggish_pca: bool, names: list[str] | None = None) -> str:
     """One line naming each expected file and where such weights are published."""
     names = names or _needed(vggish_pca)
     parts = [f"{WEIGHT_FILES[n][0]} (or {WEIGHT_FILES[n][1]}, from {WEIGHT_FILES[n][2]})" for n in names]
-    return "expected " + "; ".join(parts)
+    return "; ".join(parts)
