@@ -1,0 +1,1 @@
+"""Reports: tables and plots of results (matplotlib is imported inside the functions that draw)."""
