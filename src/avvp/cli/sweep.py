@@ -1,0 +1,153 @@
+"""`avvp sweep depth|assign`: train the configurations of the MGN paper's Table 1 or 2 over seeds; write the table."""
+
+from __future__ import annotations
+
+import argparse
+
+from avvp.cli.common import add_annotations_arg, resolve_annotations
+
+KINDS_HELP = {
+    "depth": "Table 1: HAN and MGN with CUG/MCG depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)",
+    "assign": "Table 2: MGN (3,3,6) with Softmax or Hard-Softmax assignment in the CUG and in the MCG",
+}
+CONFIG_NAMES = {
+    "depth": "han, mgn-1-1-2, mgn-2-2-4, mgn-3-3-6, mgn-4-4-8, mgn-3-3-3, mgn-6-6-3",
+    "assign": "mgn-3-3-6 (Softmax/Softmax), mgn-3-3-6-soft-hard, mgn-3-3-6-hard-soft, mgn-3-3-6-hard-hard",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="reproduce the paper's Table 1 (depths) or Table 2 (assignment): train every row over seeds",
+        description="Train every configuration of a table of the MGN paper once per seed, each run in "
+        "OUT/<config>-seed<k>/ (a normal `avvp train` run folder), then write OUT/table.md and OUT/table.csv "
+        "(test split, mean ± std over seeds, best in bold). Resumable: run the same command again; finished runs "
+        "are reused, a killed run continues from its last.pt (or restarts if it had none).",
+    )
+    kinds = parser.add_subparsers(dest="sweep_kind", metavar="KIND", required=True)
+    for kind, help_text in KINDS_HELP.items():
+        sub = kinds.add_parser(kind, help=help_text, description=help_text + ".")
+        _add_args(sub, kind)
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")
+        sub.set_defaults(func=run)
+
+
+def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument(
+        "--features", required=True, metavar="PATH",
+        help="features: a folder in the official layout (vggish/, res152/, r2plus1d_18/) or packs from `avvp pack`",
+    )  # fmt: skip
+    add_annotations_arg(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="sweep folder (run folders, logs, tables)")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds (default: 1,2,3)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per run (default: 40)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
+    parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
+    parser.add_argument(
+        "--configs", metavar="NAMES",
+        help=f"comma-separated subset of the rows to train (default: all): {CONFIG_NAMES[kind]}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dim", type=int,
+        help="model width of every run instead of the papers' (MGN 128, HAN 512): for quick trials; the Model "
+        "Size column then shows the sizes at that width",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere (default: auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default=None,
+        help="one device for every run: auto (cuda if available, else cpu), cpu, cuda or cuda:N (default: auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--devices", metavar="LIST",
+        help="comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 (several runs at once)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, metavar="N",
+        help="worker processes (default: one per device); e.g. --workers 2 on CPU trains two runs at once, the "
+        "cores shared between them, or 2 per GPU with --devices",
+    )  # fmt: skip
+    parser.add_argument(
+        "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
+    )
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from avvp.errors import AvvpError
+
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise AvvpError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3") from err
+    return seeds
+
+
+def _devices(args: argparse.Namespace) -> list[str]:
+    from avvp.cli.common import resolve_device
+    from avvp.errors import AvvpError
+
+    if args.devices and args.device:
+        raise AvvpError("--device and --devices: give one of them")
+    names = [name.strip() for name in args.devices.split(",") if name.strip()] if args.devices else []
+    return [str(resolve_device(name)) for name in names or [args.device or "auto"]]
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from avvp.errors import AvvpError
+    from avvp.sweep import (
+        collect_rows,
+        plan_runs,
+        run_sweep,
+        sweep_configs,
+        worker_devices,
+        write_sweep_record,
+        write_tables,
+    )
+    from avvp.train import TrainConfig
+
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise AvvpError(f"{flag} {value}: must be at least 1")
+    if args.max_train_videos is not None and args.max_train_videos < 1:
+        raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
+    features = Path(args.features).resolve()
+    if not features.exists():
+        raise AvvpError(f"--features {args.features}: does not exist")
+    annotations = resolve_annotations(args.annotations).resolve()
+    names = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else None
+    configs = sweep_configs(args.sweep_kind, names)
+    seeds = _parse_seeds(args.seeds)
+    base = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        max_train_videos=args.max_train_videos,
+    )
+    out = Path(args.out)
+    runs = plan_runs(configs, seeds, out, base, dim=args.dim)
+    failed: dict[str, str] = {}
+    if not args.table_only:
+        slots = worker_devices(_devices(args), args.workers)
+        out.mkdir(parents=True, exist_ok=True)
+        write_sweep_record(out, args.sweep_kind, runs, features, annotations)
+        report = run_sweep(runs, features=features, annotations=annotations, slots=slots)
+        failed = report.failed
+        print(
+            f"sweep {args.sweep_kind}: {len(report.reused)} run(s) reused, {len(report.trained)} trained, "
+            f"{len(report.resumed)} resumed, {len(failed)} failed"
+        )
+    rows = collect_rows(configs, runs)
+    if not any(row.seeds for row in rows):
+        raise AvvpError(f"{out}: no finished run (test_scores.json) to make a table from")
+    md_path, csv_path = write_tables(out, args.sweep_kind, rows, seeds)
+    print(md_path.read_text().split("\n## ")[0].rstrip())
+    print(f"\ntables written to {md_path} and {csv_path}")
+    for name, reason in failed.items():
+        print(f"avvp sweep: run {name} failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,580 @@
+"""Sweeps that reproduce the MGN paper's tables: many training runs, resumable, on one or several devices.
+
+`avvp sweep depth` trains HAN and the six MGN depth configurations of Table 1, `avvp sweep assign` the four
+Softmax / Hard-Softmax combinations of Table 2, each for several seeds. Every run is an ordinary `avvp train`
+run folder, OUT/<config>-seed<k>/, so a sweep is resumable by looking at the folders:
+
+- test_scores.json present: the run is finished and reused;
+- last.pt present (a run killed after at least one epoch): it continues from last.pt (`train(..., resume=True)`);
+- anything else (killed before its first epoch ended): the folder is deleted and the run starts again.
+
+A run folder whose config.json disagrees with the sweep (other epochs, seed, model, data ...) is never reused
+silently: the sweep stops and says so. With one worker the runs train in this process; with several (`--workers N`
+or `--devices a,b`) each run is a `python -m avvp train` subprocess bound to one device, with its log in OUT/logs/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avvp.errors import AvvpError
+from avvp.models import count_parameters, create_model, make_config, paper_table_configs
+from avvp.reports.tables import ModelSize, ResultRow
+from avvp.train import TrainConfig
+from avvp.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SWEEP_KINDS = ("depth", "assign")
+ASSIGN_TITLES = {"soft": "Softmax", "hard": "Hard-Softmax"}
+# Files `avvp train` writes into a run folder (and its temporary files); a folder holding anything else is not
+# deleted by a restart.
+RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
+TEST_PREDICTIONS = "test_pred.npz"  # predictions of the best checkpoint on test, cached by `avvp plot recall`
+LOCK_NAME = ".sweep.lock"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One row of a table: a model configuration, trained once per seed."""
+
+    name: str  # run folder stem, e.g. "mgn-3-3-6" (runs are OUT/<name>-seed<k>)
+    method: str  # "HAN" or "MGN", the table's Method column
+    model: str  # "han" or "mgn"
+    overrides: dict[str, Any]  # model config overrides
+    settings: tuple[tuple[str, str], ...]  # the table's configuration columns, (title, cell)
+
+
+def _mgn_name(overrides: dict[str, Any]) -> str:
+    """`mgn-A-V-AV`, plus `-UNI-CROSS` assignment kinds unless both are soft (the paper's default)."""
+    config = make_config("mgn", **overrides)
+    name = f"mgn-{config.depth_audio}-{config.depth_visual}-{config.depth_av}"
+    if (config.unimodal_assign, config.crossmodal_assign) != ("soft", "soft"):
+        name += f"-{config.unimodal_assign}-{config.crossmodal_assign}"
+    return name
+
+
+def depth_configs() -> list[SweepConfig]:
+    """Table 1: HAN and MGN at depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)."""
+    configs = []
+    for _, model, overrides in paper_table_configs():
+        if model == "han":
+            configs.append(SweepConfig("han", "HAN", "han", {}, (("CUG depth", "–"), ("MCG depth", "–"))))
+            continue
+        cug = f"{overrides['depth_audio']}/{overrides['depth_visual']}"
+        settings = (("CUG depth", cug), ("MCG depth", str(overrides["depth_av"])))
+        configs.append(SweepConfig(_mgn_name(overrides), "MGN", "mgn", dict(overrides), settings))
+    return configs
+
+
+def assign_configs() -> list[SweepConfig]:
+    """Table 2: Softmax or Hard-Softmax assignment in the CUG (unimodal) and the MCG (cross-modal), depths (3,3,6)."""
+    configs = []
+    for unimodal in ("soft", "hard"):
+        for crossmodal in ("soft", "hard"):
+            overrides = {
+                "depth_audio": 3,
+                "depth_visual": 3,
+                "depth_av": 6,
+                "unimodal_assign": unimodal,
+                "crossmodal_assign": crossmodal,
+            }
+            settings = (("CUG assignment", ASSIGN_TITLES[unimodal]), ("MCG assignment", ASSIGN_TITLES[crossmodal]))
+            configs.append(SweepConfig(_mgn_name(overrides), "MGN", "mgn", overrides, settings))
+    return configs
+
+
+def sweep_configs(kind: str, names: Sequence[str] | None = None) -> list[SweepConfig]:
+    """The rows of sweep `kind` ('depth' or 'assign'), optionally only those named (in the table's order)."""
+    if kind not in SWEEP_KINDS:
+        raise AvvpError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEP_KINDS)}")
+    configs = depth_configs() if kind == "depth" else assign_configs()
+    if names:
+        known = [config.name for config in configs]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise AvvpError(f"--configs: {', '.join(unknown)} not in the {kind} sweep; choose from {', '.join(known)}")
+        configs = [config for config in configs if config.name in names]
+    return configs
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a sweep: a configuration and a seed, in its own run folder."""
+
+    config: SweepConfig
+    seed: int
+    train: TrainConfig  # the full training recipe of this run
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def plan_runs(
+    configs: Sequence[SweepConfig],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    base: TrainConfig,
+    *,
+    dim: int | None = None,
+) -> list[PlannedRun]:
+    """Every (configuration, seed) as a run under `out_dir`, seed-major so early results cover every row.
+
+    Args:
+        configs: the table rows.
+        seeds: training seeds; each row is trained once per seed.
+        out_dir: the sweep folder.
+        base: recipe shared by every run (epochs, batch size, ...); model, seed and overrides are set per run.
+        dim: model width for every run instead of each model's default (smaller for quick trials).
+    """
+    if not seeds:
+        raise AvvpError("--seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise AvvpError(f"--seeds {','.join(map(str, seeds))}: a seed is listed twice")
+    out_dir = Path(out_dir)
+    runs = []
+    for seed in seeds:
+        for config in configs:
+            overrides = dict(config.overrides) | ({"dim": dim} if dim is not None else {})
+            train = dataclasses.replace(base, model=config.model, seed=seed, model_overrides=overrides)
+            runs.append(PlannedRun(config, seed, train, out_dir / f"{config.name}-seed{seed}"))
+    return runs
+
+
+def model_size(model: str, overrides: dict[str, Any]) -> ModelSize:
+    """Parameters of a configuration, counted on a model built on the meta device (no memory, no init work).
+
+    HAN also gets the count of the authors' released checkpoint, which holds modules its forward never uses.
+    """
+    import torch
+
+    from avvp.models.han import official_unused_shapes
+
+    with torch.device("meta"):
+        parameters = count_parameters(create_model(model, **overrides))
+    if model != "han":
+        return ModelSize(parameters)
+    unused = sum(_numel(shape) for shape in official_unused_shapes(make_config("han", **overrides)).values())
+    return ModelSize(parameters, released_parameters=parameters + unused)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run folders: finished, resumable or restarted
+
+
+def _expected_record(run: PlannedRun, features: Path, annotations: Path) -> dict[str, Any]:
+    return {"train": run.train.to_dict(), "features": str(features), "annotations": str(annotations)}
+
+
+def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
+    """Refuse a run folder made by another recipe or other data: reusing it would mix results silently."""
+    config_path = run.run_dir / "config.json"
+    if not config_path.exists():
+        return
+    try:
+        stored = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise AvvpError(f"{config_path}: unreadable ({err}); delete {run.run_dir} to train it again") from err
+    expected = _expected_record(run, features, annotations)
+    differences = [
+        f"{key}={stored['train'].get(key)!r} (sweep: {value!r})"
+        for key, value in expected["train"].items()
+        if key in stored.get("train", {}) and stored["train"][key] != value
+    ]
+    differences += [
+        f"{key}={stored.get(key)!r} (sweep: {expected[key]!r})"
+        for key in ("features", "annotations")
+        if stored.get(key) != expected[key]
+    ]
+    if differences:
+        raise AvvpError(
+            f"{run.run_dir} was trained with {'; '.join(differences)}: use another --out for this sweep, or delete "
+            "that folder"
+        )
+
+
+def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
+    """'done' (test_scores.json present), 'resume' (last.pt present), 'restart' (partial folder) or 'new'."""
+    folder = run.run_dir
+    if not folder.exists() or not any(folder.iterdir()):
+        return "new"
+    _check_same_run(run, features, annotations)
+    if (folder / "test_scores.json").exists():
+        return "done"
+    if (folder / "last.pt").exists():
+        return "resume"
+    return "restart"
+
+
+def clear_partial_run(run_dir: Path) -> None:
+    """Delete a run folder killed before its first checkpoint, but only if it holds nothing but train outputs."""
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")]
+    if foreign:
+        raise AvvpError(
+            f"{run_dir} is an unfinished run that also holds {', '.join(sorted(foreign))}: not deleting it; move "
+            "those files away or delete the folder"
+        )
+    shutil.rmtree(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did with each run."""
+
+    reused: list[str] = dataclasses.field(default_factory=list)  # already finished
+    trained: list[str] = dataclasses.field(default_factory=list)  # trained from scratch (including restarts)
+    resumed: list[str] = dataclasses.field(default_factory=list)  # continued from last.pt
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # run name -> reason (and log path)
+
+
+def worker_devices(devices: Sequence[str], workers: int | None) -> list[str]:
+    """The device of each worker slot: one worker per device by default, or `workers` spread round-robin."""
+    if not devices:
+        raise AvvpError("no device to run on")
+    count = len(devices) if workers is None else workers
+    if count < 1:
+        raise AvvpError(f"--workers {workers}: must be at least 1")
+    return [devices[slot % len(devices)] for slot in range(count)]
+
+
+def run_sweep(
+    runs: Sequence[PlannedRun],
+    *,
+    features: str | Path,
+    annotations: str | Path,
+    slots: Sequence[str],
+    progress: bool = True,
+) -> SweepReport:
+    """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in
+    `python -m avvp train` subprocesses. A failed run is reported and the others go on."""
+    from tqdm.auto import tqdm
+
+    features, annotations = Path(features).resolve(), Path(annotations).resolve()
+    report = SweepReport()
+    todo: list[tuple[PlannedRun, str]] = []
+    for run in runs:  # check every folder first, so a mismatch stops the sweep before any training
+        status = run_status(run, features, annotations)
+        if status == "done":
+            report.reused.append(run.name)
+        else:
+            todo.append((run, status))
+    if report.reused:
+        log.info("reusing %d finished run(s) in %s", len(report.reused), runs[0].run_dir.parent)
+    if not todo:
+        return report
+    out_dir = runs[0].run_dir.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _SweepLock(out_dir):
+        bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, position=0)
+        if len(slots) == 1:
+            _run_in_process(todo, features, annotations, slots[0], report, bar)
+        else:
+            _run_subprocesses(todo, features, annotations, slots, report, bar, out_dir / "logs")
+        bar.close()
+    return report
+
+
+def _record_start(run: PlannedRun, status: str, report: SweepReport) -> bool:
+    """Clear a partial folder; returns whether the run resumes from last.pt."""
+    if status == "restart":
+        log.info("%s: unfinished and without last.pt; deleting it and starting again", run.name)
+        clear_partial_run(run.run_dir)
+    resume = status == "resume"
+    (report.resumed if resume else report.trained).append(run.name)
+    return resume
+
+
+def _run_in_process(
+    todo: list[tuple[PlannedRun, str]], features: Path, annotations: Path, device: str, report: SweepReport, bar
+) -> None:
+    from avvp.train import train
+
+    for run, status in todo:
+        bar.set_postfix_str(run.name)
+        resume = _record_start(run, status, report)
+        log.info("%s: %s on %s", run.name, "resuming" if resume else "training", device)
+        try:
+            train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
+                  resume=resume)  # fmt: skip
+        except AvvpError as err:
+            report.failed[run.name] = str(err)
+            log.error("%s failed: %s", run.name, err)
+        bar.update(1)
+
+
+def train_command(run: PlannedRun, features: Path, annotations: Path, device: str, resume: bool) -> list[str]:
+    """The `python -m avvp train` command line of a run."""
+    config = run.train
+    command = [sys.executable, "-m", "avvp", "train", "--model", config.model]
+    command += ["--features", str(features), "--annotations", str(annotations), "--out", str(run.run_dir)]
+    command += ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", repr(config.lr)]
+    command += ["--lr-step", str(config.lr_step), "--lr-gamma", repr(config.lr_gamma), "--seed", str(config.seed)]
+    command += ["--eval-batch-size", str(config.eval_batch_size), "--precision", config.precision]
+    command += ["--device", device]
+    if config.max_train_videos is not None:
+        command += ["--max-train-videos", str(config.max_train_videos)]
+    for key, value in config.model_overrides.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    if resume:
+        command.append("--resume")
+    return command
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _run_subprocesses(
+    todo: list[tuple[PlannedRun, str]],
+    features: Path,
+    annotations: Path,
+    slots: Sequence[str],
+    report: SweepReport,
+    bar,
+    log_dir: Path,
+) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = str(_threads_per_worker(len(slots)))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    pending = deque(todo)
+    active: dict[int, tuple[subprocess.Popen, PlannedRun, Path, Any]] = {}  # slot -> (process, run, log, handle)
+    try:
+        while pending or active:
+            for slot, device in enumerate(slots):
+                if slot in active or not pending:
+                    continue
+                run, status = pending.popleft()
+                resume = _record_start(run, status, report)
+                log_path = log_dir / f"{run.name}.log"
+                handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed when the process ends)
+                command = train_command(run, features, annotations, device, resume)
+                handle.write(f"$ {' '.join(command)}\n")
+                handle.flush()
+                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                active[slot] = (process, run, log_path, handle)
+                log.info("%s: %s on %s (log %s)", run.name, "resuming" if resume else "training", device, log_path)
+            for slot in list(active):
+                process, run, log_path, handle = active[slot]
+                if process.poll() is None:
+                    continue
+                handle.close()
+                del active[slot]
+                if process.returncode != 0:
+                    reason = _last_error_line(log_path) or f"exit status {process.returncode}"
+                    report.failed[run.name] = f"{reason} (log: {log_path})"
+                    log.error("%s failed: %s", run.name, report.failed[run.name])
+                bar.update(1)
+            time.sleep(0.2)
+    except BaseException:
+        for process, _, _, handle in active.values():  # only the processes this sweep started
+            process.terminate()
+        for process, _, _, handle in active.values():
+            process.wait()
+            handle.close()
+        raise
+
+
+def _last_error_line(log_path: Path) -> str:
+    """The last line of a run's log that reads like an error, for the summary."""
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line.strip()
+    return ""
+
+
+class _SweepLock:
+    """OUT/.sweep.lock holding the pid: two sweeps writing the same folders at once would spoil each other's runs."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LOCK_NAME
+
+    def __enter__(self) -> _SweepLock:  # noqa: PYI034
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise AvvpError(
+                        f"{self.path.parent} is in use by another sweep (pid {owner}); wait for it, or delete "
+                        f"{self.path} if that process is gone"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a killed sweep
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return self
+        raise AvvpError(f"cannot create {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+
+
+def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> list[ResultRow]:
+    """One table row per configuration with the test scores of its finished runs (test_scores.json)."""
+    rows = []
+    for config in configs:
+        seeds, segment, event = [], [], []
+        size = model_size(config.model, next(r.train.model_overrides for r in runs if r.config == config))
+        for run in runs:
+            path = run.run_dir / "test_scores.json"
+            if run.config != config or not path.exists():
+                continue
+            try:
+                scores = json.loads(path.read_text())
+                segment.append(dict(scores["segment"]))
+                event.append(dict(scores["event"]))
+            except (OSError, json.JSONDecodeError, KeyError) as err:
+                raise AvvpError(f"{path}: not a test_scores.json of avvp train ({err})") from err
+            seeds.append(run.seed)
+        rows.append(ResultRow(config.method, config.settings, size, tuple(seeds), tuple(segment), tuple(event)))
+    return rows
+
+
+def write_tables(out_dir: str | Path, kind: str, rows: Sequence[ResultRow], seeds: Sequence[int]) -> tuple[Path, Path]:
+    """Write OUT/table.md (segment level, the paper's layout, with an event-level table below) and OUT/table.csv."""
+    from avvp.reports.tables import csv_table, markdown_table
+
+    out_dir = Path(out_dir)
+    title = "Table 1: CUG and MCG depths" if kind == "depth" else "Table 2: Softmax or Hard-Softmax assignment"
+    seed_list = ", ".join(map(str, seeds))
+    lines = [
+        f"# {title}",
+        "",
+        (
+            f"Test split, segment level, mean ± sample std over seeds {seed_list} (one seed: no ±); best mean per "
+            "column in bold. Model Size: float32 MB (10^6 bytes) and exact parameter counts."
+        ),
+        "",
+        markdown_table(rows, level="segment"),
+    ]
+    incomplete = [
+        f"{_row_label(row)} ({len(row.seeds)} of {len(seeds)})" for row in rows if len(row.seeds) < len(seeds)
+    ]
+    if incomplete:
+        lines += [f"Rows with fewer finished seeds: {'; '.join(incomplete)}.", ""]
+    lines += ["## Event level", "", markdown_table(rows, level="event")]
+    md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
+    atomic_write_text(md_path, "\n".join(lines))
+    atomic_write_text(csv_path, csv_table(rows))
+    return md_path, csv_path
+
+
+def _row_label(row: ResultRow) -> str:
+    return f"{row.method} " + ", ".join(f"{title} {cell}" for title, cell in row.settings)
+
+
+def write_sweep_record(out_dir: Path, kind: str, runs: Sequence[PlannedRun], features: Path, annotations: Path) -> None:
+    """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later."""
+    record = {
+        "kind": kind,
+        "features": str(features),
+        "annotations": str(annotations),
+        "runs": [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs],
+        "train": runs[0].train.to_dict() | {"model": None, "seed": None, "model_overrides": None},
+    }
+    atomic_write_text(out_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test predictions of a finished run (for per-class recall)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's config.json (written by `avvp train`)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise AvvpError(f"{run_dir}: no config.json; not a run folder of avvp train")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise AvvpError(f"{path}: not valid JSON ({err})") from err
+
+
+def run_test_predictions(
+    run_dir: str | Path,
+    *,
+    device: str = "cpu",
+    features: str | Path | None = None,
+    annotations: str | Path | None = None,
+):
+    """Scores of a run's best checkpoint on test, predicting once and caching RUN_DIR/test_pred.npz.
+
+    The features and annotations are those recorded in the run's config.json unless given (data moved). The cache
+    is used while it is newer than best.safetensors.
+
+    Returns:
+        (split, scores): the test `Split` and the `Scores` of the cached predictions.
+    """
+    from avvp.data.annotations import load_split
+    from avvp.inference import predict_videos, save_predictions
+    from avvp.scoring import score_predictions
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    checkpoint = run_dir / "best.safetensors"
+    if not checkpoint.is_file():
+        raise AvvpError(f"{run_dir}: no best.safetensors; the run has not finished an epoch")
+    features = Path(features or config["features"])
+    annotations = Path(annotations or config["annotations"])
+    for path, flag in ((features, "--features"), (annotations, "--annotations")):
+        if not path.exists():
+            raise AvvpError(f"{run_dir}: its data {path} does not exist (moved?); pass {flag}")
+    split = load_split(annotations, "test")
+    cache = run_dir / TEST_PREDICTIONS
+    if not cache.exists() or cache.stat().st_mtime < checkpoint.stat().st_mtime:
+        log.info("%s: predicting the test split with best.safetensors", run_dir)
+        predictions = predict_videos(checkpoint, features, split.filenames, device=device)
+        save_predictions(cache, split.filenames, predictions)
+    return split, score_predictions(cache, split)

@@ -1,0 +1,212 @@
+"""`avvp sweep`: the table configurations, model sizes, run planning, resumability and the worker pool."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avvp.cli import build_parser, main
+from avvp.errors import AvvpError
+from avvp.models import model_size_table
+from avvp.sweep import (
+    _SweepLock,
+    assign_configs,
+    depth_configs,
+    model_size,
+    plan_runs,
+    sweep_configs,
+    train_command,
+    worker_devices,
+)
+from avvp.train import TrainConfig
+
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json")
+
+
+def test_depth_configs_are_table_1():
+    configs = depth_configs()
+    assert [c.name for c in configs] == [
+        "han", "mgn-1-1-2", "mgn-2-2-4", "mgn-3-3-6", "mgn-4-4-8", "mgn-3-3-3", "mgn-6-6-3"
+    ]  # fmt: skip
+    assert configs[0].model == "han" and configs[0].method == "HAN"
+    assert configs[3].overrides == {"depth_audio": 3, "depth_visual": 3, "depth_av": 6}
+    assert configs[6].settings == (("CUG depth", "6/6"), ("MCG depth", "3"))
+
+
+def test_assign_configs_are_table_2():
+    configs = assign_configs()
+    assert [c.name for c in configs] == [
+        "mgn-3-3-6",
+        "mgn-3-3-6-soft-hard",
+        "mgn-3-3-6-hard-soft",
+        "mgn-3-3-6-hard-hard",
+    ]
+    assert configs[2].overrides["unimodal_assign"] == "hard" and configs[2].overrides["crossmodal_assign"] == "soft"
+    assert configs[1].settings == (("CUG assignment", "Softmax"), ("MCG assignment", "Hard-Softmax"))
+    assert all(c.overrides["depth_av"] == 6 for c in configs)
+
+
+def test_sweep_configs_subset_and_unknown_names():
+    assert [c.name for c in sweep_configs("depth", ["mgn-3-3-6", "han"])] == ["han", "mgn-3-3-6"]  # table order
+    with pytest.raises(AvvpError, match="mgn-9-9-9 not in the depth sweep"):
+        sweep_configs("depth", ["mgn-9-9-9"])
+    with pytest.raises(AvvpError, match="unknown sweep"):
+        sweep_configs("width")
+
+
+def test_model_sizes_match_the_models_table():
+    """The Model Size column: exact counts, MB with one decimal; HAN released 37.2 MB and used 18.3 MB."""
+    by_config = {config.name: model_size(config.model, config.overrides) for config in depth_configs()}
+    reference = {row.label: row for row in model_size_table()}
+    assert round(by_config["han"].megabytes, 1) == 18.3 and round(by_config["han"].released_megabytes, 1) == 37.2
+    assert by_config["han"].parameters == 4_569_675
+    assert (
+        by_config["han"].released_parameters
+        == next(r for r in model_size_table() if r.note == "as released").parameters
+    )
+    expected_mb = {"mgn-1-1-2": 11.1, "mgn-2-2-4": 14.3, "mgn-3-3-6": 17.5, "mgn-4-4-8": 20.6, "mgn-3-3-3": 15.1,
+                   "mgn-6-6-3": 19.8}  # fmt: skip
+    for name, megabytes in expected_mb.items():
+        assert round(by_config[name].megabytes, 1) == megabytes
+        a, v, av = name.split("-")[1:]
+        assert by_config[name].parameters == reference[f"MGN ({a},{v},{av})"].parameters
+    assert by_config["mgn-3-3-6"].parameters == 4_366_065
+    assert model_size("mgn", {"dim": 16}).parameters < by_config["mgn-3-3-6"].parameters
+
+
+def test_plan_runs_folders_seeds_and_dim(tmp_path: Path):
+    configs = sweep_configs("depth", ["han", "mgn-1-1-2"])
+    runs = plan_runs(configs, [3, 1], tmp_path, TrainConfig(epochs=5), dim=16)
+    assert [r.run_dir.name for r in runs] == ["han-seed3", "mgn-1-1-2-seed3", "han-seed1", "mgn-1-1-2-seed1"]
+    assert all(r.run_dir.parent == tmp_path for r in runs)
+    assert runs[1].train.model == "mgn" and runs[1].train.seed == 3 and runs[1].train.epochs == 5
+    assert runs[1].train.model_overrides == {"depth_audio": 1, "depth_visual": 1, "depth_av": 2, "dim": 16}
+    assert runs[0].train.model_overrides == {"dim": 16}
+    with pytest.raises(AvvpError, match="listed twice"):
+        plan_runs(configs, [1, 1], tmp_path, TrainConfig())
+    with pytest.raises(AvvpError, match="at least one seed"):
+        plan_runs(configs, [], tmp_path, TrainConfig())
+
+
+def test_worker_devices():
+    assert worker_devices(["cpu"], None) == ["cpu"]
+    assert worker_devices(["cpu"], 3) == ["cpu", "cpu", "cpu"]
+    assert worker_devices(["cuda:0", "cuda:1"], None) == ["cuda:0", "cuda:1"]
+    assert worker_devices(["cuda:0", "cuda:1"], 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    with pytest.raises(AvvpError):
+        worker_devices(["cpu"], 0)
+
+
+def test_train_command_parses_back_to_the_run(tmp_path: Path):
+    """The subprocess command line is a valid `avvp train` call carrying the whole recipe."""
+    config = sweep_configs("assign", ["mgn-3-3-6-hard-soft"])[0]
+    base = TrainConfig(epochs=7, batch_size=8, max_train_videos=50, precision="fp32")
+    run = plan_runs([config], [4], tmp_path, base, dim=32)[0]
+    command = train_command(run, tmp_path / "feats", tmp_path / "ann", "cpu", resume=True)
+    assert command[:4] == [sys.executable, "-m", "avvp", "train"]
+    args = build_parser().parse_args(command[3:])
+    assert (args.model, args.epochs, args.batch_size, args.seed, args.max_train_videos) == ("mgn", 7, 8, 4, 50)
+    assert (args.depth_audio, args.depth_visual, args.depth_av, args.dim) == (3, 3, 6, 32)
+    assert (args.unimodal_assign, args.crossmodal_assign, args.precision) == ("hard", "soft", "fp32")
+    assert args.lr == base.lr and args.lr_step == base.lr_step and args.lr_gamma == base.lr_gamma
+    assert args.resume and args.out == str(run.run_dir) and args.device == "cpu"
+
+
+def test_lock_refuses_a_live_sweep_and_clears_a_dead_one(tmp_path: Path):
+    lock = tmp_path / ".sweep.lock"
+    lock.write_text(f"{os.getppid()}\n")  # a live process that is not this one
+    with pytest.raises(AvvpError, match="in use by another sweep"), _SweepLock(tmp_path):
+        pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{dead.pid}\n")
+    with _SweepLock(tmp_path):
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()
+
+
+def _sweep_args(tiny_llp: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "sweep", "depth", "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), "--out", str(out),
+        "--epochs", "1", "--dim", "8", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def _table_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "table.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_end_to_end_then_resume_after_a_kill(tiny_llp: Path, tmp_path: Path, capsys):
+    out = tmp_path / "sweep"
+    args = _sweep_args(tiny_llp, out, "--configs", "han,mgn-1-1-2", "--seeds", "1,2")
+    assert main(args) == 0
+    names = ["han-seed1", "mgn-1-1-2-seed1", "han-seed2", "mgn-1-1-2-seed2"]
+    for name in names:
+        assert all((out / name / f).is_file() for f in RUN_OUTPUTS), name
+    rows = _table_rows(out)
+    assert [(r["method"], r["cug_depth"], r["mcg_depth"], r["seeds"]) for r in rows] == [
+        ("HAN", "–", "–", "1;2"), ("MGN", "1/1", "2", "1;2")
+    ]  # fmt: skip
+    seed_scores = [json.loads((out / f"han-seed{s}" / "test_scores.json").read_text()) for s in (1, 2)]
+    mean = sum(s["segment"]["type"] for s in seed_scores) / 2
+    assert float(rows[0]["segment_type_mean"]) == pytest.approx(mean, abs=1e-4)
+    table = (out / "table.md").read_text()
+    assert "| Method | CUG depth | MCG depth | Model Size (MB) | Parameters |" in table and " ± " in table
+    assert "**" in table and "## Event level" in table
+    assert json.loads((out / "sweep.json").read_text())["kind"] == "depth"
+
+    # Simulated kills: one run died after its last epoch was saved but before the test scores (last.pt, no
+    # test_scores.json), one died before its first epoch ended (config.json only). The other two are finished.
+    (out / "mgn-1-1-2-seed2" / "test_scores.json").unlink()
+    for name in ("last.pt", "best.safetensors", "best.json", "test_scores.json", "metrics.jsonl"):
+        (out / "han-seed2" / name).unlink()
+    kept = {name: (out / name / "test_scores.json").stat().st_mtime_ns for name in ("han-seed1", "mgn-1-1-2-seed1")}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 run(s) reused, 1 trained, 1 resumed, 0 failed" in capsys.readouterr().out
+    for name in names:
+        assert all((out / name / f).is_file() for f in RUN_OUTPUTS), name
+    assert {name: (out / name / "test_scores.json").stat().st_mtime_ns for name in kept} == kept
+    epochs = [json.loads(line)["epoch"] for line in (out / "han-seed2" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1]
+    assert not (out / ".sweep.lock").exists()
+
+    # The same folder with another recipe is refused before anything trains.
+    assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--epochs", "2")) == 2
+    assert "epochs=1 (sweep: 2)" in capsys.readouterr().err
+
+    # --table-only rebuilds the table from the finished runs (here only seed 1 of HAN requested).
+    assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--table-only")) == 0
+    assert [r["seeds"] for r in _table_rows(out)] == ["1"]
+
+
+def test_partial_folder_with_foreign_files_is_not_deleted(tiny_llp: Path, tmp_path: Path, capsys):
+    out = tmp_path / "sweep"
+    run_dir = out / "mgn-1-1-2-seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("mine")
+    assert main(_sweep_args(tiny_llp, out, "--configs", "mgn-1-1-2", "--seeds", "1")) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (run_dir / "notes.txt").exists()
+
+
+def test_sweep_with_two_worker_processes(tiny_llp: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    assert main(_sweep_args(tiny_llp, out, "--configs", "mgn-1-1-2", "--seeds", "1,2", "--workers", "2")) == 0
+    for seed in (1, 2):
+        assert (out / f"mgn-1-1-2-seed{seed}" / "test_scores.json").is_file()
+        log = (out / "logs" / f"mgn-1-1-2-seed{seed}.log").read_text()
+        assert "-m avvp train" in log and "--seed " + str(seed) in log
+    assert [r["seeds"] for r in _table_rows(out)] == ["1;2"]
+
+
+def test_table_only_without_runs_is_an_error(tiny_llp: Path, tmp_path: Path, capsys):
+    assert main(_sweep_args(tiny_llp, tmp_path / "none", "--table-only", "--seeds", "1")) == 2
+    assert "no finished run" in capsys.readouterr().err
