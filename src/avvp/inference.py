@@ -17,10 +17,13 @@ from avvp.data.features import Features
 PREDICTION_KEYS = {"video": (25,), "audio_video": (25,), "visual_video": (25,), "audio": (10, 25), "visual": (10, 25)}
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where asked for (`precision == "bf16"`), a no-op context for fp32."""
+def autocast(device: torch.device, precision: str, *, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (`precision == "bf16"`), a no-op context for fp32.
+
+    `cache_enabled=False` is needed while capturing CUDA graphs (the cast weights must not be cached across steps).
+    """
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     if precision != "fp32":
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     return contextlib.nullcontext()

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere (default: auto)",
     )
     parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="CUDA, one process: capture the whole training step (forward, backward, Adam) in a CUDA graph and "
+        "replay it; removes kernel-launch overhead at small batch sizes",
+    )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     add_model_args(parser)
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size,
         precision=args.precision,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
     )
