@@ -123,3 +123,16 @@ def test_pca_postprocess_matches_numpy():
     np.testing.assert_allclose(out.numpy(), expected, atol=1.0)  # rounding at .5 may differ by float error
     assert np.mean(out.numpy() == expected) > 0.99
     assert out.min() >= 0 and out.max() <= 255
+
+
+def test_import_avvp_and_the_cli_parser_stay_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, avvp, avvp.parse, avvp.cli; avvp.cli.build_parser();"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('av', 'torchvision', 'torch', 'matplotlib')"
+        " or m == 'avvp.video.vggish'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
