@@ -116,12 +116,14 @@ def test_bad_videos_are_reported_and_leave_nothing(tmp_path, capsys):
 def test_missing_weights_name_every_file_and_source(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("AVVP_WEIGHTS", raising=False)
     video = write_synthetic_video(tmp_path / "clip.mp4", 1.0)
-    status = main(["extract", "--videos", str(tmp_path), "--out", str(tmp_path / "f"), "--weights", str(tmp_path)])
+    status = main(
+        ["extract", "--videos", str(tmp_path), "--out", str(tmp_path / "f"), "--weights", str(tmp_path / "no")]
+    )
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1
     for name in ("resnet152.pth", "r2plus1d_18.pth", "vggish.pth", "vggish_pca_params.pth"):
         assert name in err
-    assert "torchvision's model zoo" in err and "torchvggish" in err
+    assert "does not exist" in err and "torchvision's model zoo" in err and "torchvggish" in err
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "resnet152.pth").write_bytes(b"")
     monkeypatch.setenv("AVVP_WEIGHTS", str(tmp_path / "weights"))

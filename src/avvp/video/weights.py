@@ -76,6 +76,8 @@ def resolve_weights(args: argparse.Namespace) -> WeightSource:
             f"no weights folder: pass --weights DIR or set ${WEIGHTS_ENV}; it must hold {_expected_text(vggish_pca)}"
         )
     source = WeightSource(folder=Path(value), vggish_pca=vggish_pca)
+    if not source.folder.is_dir():
+        raise AvvpError(f"weights folder {source.folder} does not exist; it must hold {_expected_text(vggish_pca)}")
     missing = [name for name in _needed(vggish_pca) if find_weight_file(source.folder, name) is None]
     if missing:
         raise AvvpError(f"weights folder {source.folder} lacks {_expected_text(vggish_pca, missing)}")
