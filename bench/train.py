@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32 or bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph")
     parser.add_argument("--data", type=Path, default=Path("bench/.data/synth"), help="LLP-Synth cache folder")
     parser.add_argument("--seed", type=int, default=0, help="LLP-Synth seed")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     for model in args.models.split(","):
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             config = TrainConfig(model=model, epochs=args.epochs, batch_size=batch_size, precision=args.precision,
-                                 compile=args.compile)
+                                 compile=args.compile, cuda_graphs=args.cuda_graphs)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 train(config, features=packs, annotations=args.data, out_dir=Path(tmp) / "run", device=device,
@@ -82,7 +83,7 @@ def main() -> None:
             rows.append((model, batch_size, last["videos_per_second"], last["train_seconds"],
                          last["epoch_seconds"] - last["train_seconds"], total))
     print(f"\ndevice: {device_name(device)}; torch {torch.__version__}; {args.videos} training videos; "
-          f"precision {args.precision}; compile {args.compile}")
+          f"precision {args.precision}; compile {args.compile}; CUDA graphs {args.cuda_graphs}")
     print(f"{'model':<6} {'batch':>5} {'videos/s':>9} {'train epoch s':>14} {'val s':>7} {'run s':>7}")
     for model, batch, vps, train_s, val_s, total in rows:
         print(f"{model:<6} {batch:>5} {vps:>9.0f} {train_s:>14.1f} {val_s:>7.2f} {total:>7.1f}")
