@@ -1,0 +1,158 @@
+"""`avvp plot recall|tokens|parse`: the paper's figures (per-class recall, class tokens) and one video's parse."""
+
+from __future__ import annotations
+
+import argparse
+
+from avvp.cli.common import add_annotations_arg, add_device_arg
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="figures: per-class recall of runs, class-token scores of a run, one video's parse",
+        description="Draw a PNG and write its numbers as CSV beside it (FILE.png -> FILE.csv).",
+    )
+    kinds = parser.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
+
+    recall = kinds.add_parser(
+        "recall",
+        help="event-level recall of every class, audio / visual / audio-visual, one colour per run (Figure 1)",
+        description="Per-class event-level recall on the test split of each run's best checkpoint. The test "
+        "predictions are computed once per run and cached as RUN_DIR/test_pred.npz.",
+    )
+    recall.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders of avvp train / avvp sweep")
+    recall.add_argument("--labels", help="comma-separated legend labels, one per RUN_DIR (default: folder names)")
+    recall.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
+    recall.add_argument("--features", metavar="PATH", help="features, where they moved since training")
+    recall.add_argument("--annotations", metavar="DIR", help="annotation folder, where it moved since training")
+    add_device_arg(recall)
+    recall.set_defaults(func=run_recall)
+
+    tokens = kinds.add_parser(
+        "tokens",
+        help="precision / recall / F1 of the audio and visual class tokens per epoch (Figure 2)",
+        description="Class-token precision, recall and F1 per epoch, read from RUN_DIR/metrics.jsonl (MGN runs).",
+    )
+    tokens.add_argument("run_dir", metavar="RUN_DIR", help="an MGN run folder of avvp train")
+    tokens.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
+    tokens.set_defaults(func=run_tokens)
+
+    parse = kinds.add_parser(
+        "parse",
+        help="one video's parse against its ground truth: audio and visual tracks of each class over 10 segments",
+        description="For one val or test video of a predictions file: each class that is predicted or true, its "
+        "audio and visual segments coloured hit / false alarm / miss, with the segment probabilities.",
+    )
+    parse.add_argument("predictions", metavar="PRED.npz", help="predictions file (avvp predict, or test_pred.npz)")
+    parse.add_argument("--video", required=True, metavar="ID", help="the video: its filename or 11-character id")
+    add_annotations_arg(parse)
+    parse.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
+    parse.add_argument("--threshold", type=float, default=0.5, help="parse threshold (default: 0.5, official)")
+    parse.set_defaults(func=run_parse)
+
+    for sub in (recall, tokens, parse):
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")
+
+
+def _check_png(out: str) -> None:
+    from avvp.errors import AvvpError
+
+    if not out.lower().endswith(".png"):
+        raise AvvpError(f"--out {out}: give a .png file name (the CSV is written beside it)")
+
+
+def run_recall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avvp.cli.common import resolve_device
+    from avvp.errors import AvvpError
+    from avvp.reports.plots import RECALL_TRACKS, plot_class_recall
+    from avvp.sweep import run_test_predictions
+
+    _check_png(args.out)
+    labels = (
+        [label.strip() for label in args.labels.split(",")] if args.labels else [Path(d).name for d in args.run_dirs]
+    )
+    if len(labels) != len(args.run_dirs):
+        raise AvvpError(f"--labels: {len(labels)} label(s) for {len(args.run_dirs)} run folder(s)")
+    if len(set(labels)) != len(labels):
+        raise AvvpError("--labels: every run needs its own label (pass --labels when folder names repeat)")
+    device = str(resolve_device(args.device))
+    recalls = {}
+    for label, run_dir in zip(labels, args.run_dirs):
+        _, scores = run_test_predictions(run_dir, device=device, features=args.features, annotations=args.annotations)
+        recalls[label] = {track: scores.event_counts[track].class_recall() for track in RECALL_TRACKS}
+        print(f"{label}: test event-level Audio {scores.event['audio']:.1f}, Visual {scores.event['visual']:.1f}, "
+              f"Audio-Visual {scores.event['audio_visual']:.1f}")  # fmt: skip
+    png, csv_file = plot_class_recall(recalls, args.out)
+    print(f"wrote {png} and {csv_file}")
+    return 0
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avvp.reports.plots import load_token_history, plot_token_curves
+
+    _check_png(args.out)
+    history = load_token_history(args.run_dir)
+    png, csv_file = plot_token_curves(history, args.out, title=f"Class tokens of {Path(args.run_dir).name}")
+    last = history[-1]
+    print(
+        f"epoch {last['epoch']}: audio token F1 {last['audio']['f1']:.1f}, visual token F1 {last['visual']['f1']:.1f}"
+    )
+    print(f"wrote {png} and {csv_file}")
+    return 0
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    import zipfile
+
+    import numpy as np
+
+    from avvp.cli.common import resolve_annotations
+    from avvp.data.annotations import load_split
+    from avvp.errors import AvvpError
+    from avvp.reports.plots import plot_video_parse
+
+    _check_png(args.out)
+    if not 0 < args.threshold < 1:
+        raise AvvpError(f"--threshold {args.threshold}: must be between 0 and 1")
+    annotations = resolve_annotations(args.annotations)
+    try:
+        with np.load(args.predictions, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("filenames", "audio", "visual", "video") if key in npz.files}
+    except FileNotFoundError as err:
+        raise AvvpError(f"{args.predictions}: predictions file not found") from err
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise AvvpError(f"{args.predictions}: not a readable predictions file ({err})") from err
+    missing = [key for key in ("filenames", "audio", "visual") if key not in arrays]
+    if missing:
+        raise AvvpError(f"{args.predictions}: missing key(s) {', '.join(missing)}")
+    names = [str(name) for name in arrays["filenames"].tolist()]
+    rows = [i for i, name in enumerate(names) if name == args.video or name[:11] == args.video]
+    if len(rows) != 1:
+        what = "not in" if not rows else f"matches {len(rows)} videos of"
+        raise AvvpError(f"{args.predictions}: video {args.video!r} {what} the file; give its full filename")
+    row = rows[0]
+    filename = names[row]
+    for split_name in ("test", "val"):
+        split = load_split(annotations, split_name, skip_bad_rows=args.skip_bad_rows)
+        if filename in split.filenames:
+            index = split.filenames.index(filename)
+            break
+    else:
+        raise AvvpError(f"{filename}: not in the val or test split of {annotations}, so it has no dense ground truth")
+    png, csv_file = plot_video_parse(
+        args.out,
+        filename=filename,
+        audio_probs=arrays["audio"][row],
+        visual_probs=arrays["visual"][row],
+        gt_audio=split.audio[index],
+        gt_visual=split.visual[index],
+        video_probs=arrays["video"][row] if "video" in arrays else None,
+        threshold=args.threshold,
+    )
+    print(f"wrote {png} and {csv_file}")
+    return 0

@@ -1,0 +1,170 @@
+"""`avvp plot recall|tokens|parse`: each writes a PNG that decodes and a CSV with the right rows and numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avvp.cli import main
+from avvp.data.annotations import load_split
+from avvp.data.classes import CLASSES, NUM_SEGMENTS
+from avvp.reports.plots import plot_class_recall, plot_video_parse
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert np.ptp(image[..., :3]) > 0  # not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def mgn_run(tiny_llp: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny MGN run (2 epochs, width 8)."""
+    run_dir = tmp_path_factory.mktemp("plots") / "mgn-run"
+    args = ["train", "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), "--out", str(run_dir),
+            "--epochs", "2", "--dim", "8", "--depth-audio", "1", "--depth-visual", "1", "--depth-av", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    return run_dir
+
+
+def test_plot_tokens(mgn_run: Path, tmp_path: Path):
+    out = tmp_path / "tokens.png"
+    assert main(["plot", "tokens", str(mgn_run), "--out", str(out)]) == 0
+    assert_png(out)
+    rows = read_csv(tmp_path / "tokens.csv")
+    records = [json.loads(line) for line in (mgn_run / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert list(rows[0]) == ["epoch", "audio_precision", "audio_recall", "audio_f1", "visual_precision",
+                             "visual_recall", "visual_f1"]  # fmt: skip
+    for row, record in zip(rows, records):
+        for modality in ("audio", "visual"):
+            for stat in ("precision", "recall", "f1"):
+                assert float(row[f"{modality}_{stat}"]) == pytest.approx(record["tokens"][modality][stat], abs=0.005)
+
+
+def test_plot_tokens_of_a_run_without_tokens_is_an_error(tmp_path: Path, capsys):
+    run_dir = tmp_path / "han-run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": {}, "val": {}}) + "\n")
+    assert main(["plot", "tokens", str(run_dir), "--out", str(tmp_path / "t.png")]) == 2
+    assert "no class-token scores" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_plot_recall_predicts_once_and_writes_per_class_rows(mgn_run: Path, tiny_llp: Path, tmp_path: Path):
+    out = tmp_path / "recall.png"
+    args = ["plot", "recall", str(mgn_run), str(mgn_run), "--labels", "first,second", "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert_png(out)
+    cache = mgn_run / "test_pred.npz"
+    assert cache.is_file()
+    rows = read_csv(tmp_path / "recall.csv")
+    assert len(rows) == 3 * len(CLASSES)
+    assert list(rows[0]) == ["class", "track", "first", "second"]
+    assert [(r["class"], r["track"]) for r in rows[:2]] == [(CLASSES[0], "audio"), (CLASSES[1], "audio")]
+    assert [r["track"] for r in rows[:: len(CLASSES)]] == ["audio", "visual", "audio_visual"]
+    assert all(r["first"] == r["second"] for r in rows)
+
+    # The recall of each class recomputed by hand from the cached predictions and the ground truth.
+    from avvp.metrics import evaluate, extract_events, parse_predictions
+
+    split = load_split(tiny_llp, "test")
+    with np.load(cache) as npz:
+        assert list(npz["filenames"]) == split.filenames
+        pred_audio, pred_visual = parse_predictions(npz["audio"], npz["visual"], npz["video"])
+    counts = evaluate(pred_audio, pred_visual, split.audio, split.visual).event_counts["audio"]
+    _, gt_class, _, _ = extract_events(split.audio)
+    for index, row in enumerate(rows[: len(CLASSES)]):
+        if index not in gt_class:
+            assert row["first"] == ""
+        else:
+            expected = 100 * counts.tp[:, index].sum() / np.sum(gt_class == index)
+            assert float(row["first"]) == pytest.approx(expected, abs=0.005)
+
+    # A second plot reuses the cached predictions.
+    stamp = cache.stat().st_mtime_ns
+    assert main(["plot", "recall", str(mgn_run), "--out", str(tmp_path / "again.png"), "--device", "cpu"]) == 0
+    assert cache.stat().st_mtime_ns == stamp
+
+
+def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys):
+    assert main(["plot", "recall", str(mgn_run), "--out", str(tmp_path / "r.png"), "--device", "cpu"]) == 0
+    split = load_split(tiny_llp, "test")
+    filename = split.filenames[2]
+    out = tmp_path / "parse.png"
+    pred = mgn_run / "test_pred.npz"
+    args = ["plot", "parse", str(pred), "--video", filename[:11], "--annotations", str(tiny_llp), "--out", str(out)]
+    assert main(args) == 0
+    assert_png(out)
+    rows = read_csv(tmp_path / "parse.csv")
+    true_classes = {CLASSES[c] for c in np.flatnonzero(split.audio[2].any(0) | split.visual[2].any(0))}
+    shown = {r["class"] for r in rows}
+    assert true_classes <= shown
+    assert len(rows) == len(shown) * 2 * NUM_SEGMENTS
+    for row in rows:
+        truth = split.audio[2] if row["track"] == "audio" else split.visual[2]
+        assert int(row["true"]) == int(truth[int(row["segment"]), CLASSES.index(row["class"])])
+
+    capsys.readouterr()
+    bad = [*args[:4], "nosuchvideo", *args[5:]]
+    assert main(bad) == 2
+    assert "'nosuchvideo' not in" in capsys.readouterr().err
+
+
+def test_plot_video_parse_outcomes_and_gate(tmp_path: Path):
+    """Hand-made video: the video-level gate removes a class, each segment's outcome is in the CSV."""
+    audio = np.zeros((NUM_SEGMENTS, len(CLASSES)))
+    visual = np.zeros((NUM_SEGMENTS, len(CLASSES)))
+    gt_audio = np.zeros((NUM_SEGMENTS, len(CLASSES)), bool)
+    gt_visual = np.zeros((NUM_SEGMENTS, len(CLASSES)), bool)
+    video = np.zeros(len(CLASSES))
+    audio[0:4, 0] = 0.9  # Speech heard 0-4 s, true 2-6 s: 2 hits, 2 false alarms, 2 misses
+    gt_audio[2:6, 0] = True
+    video[0] = 0.8
+    visual[:, 3] = 0.7  # Dog "seen" everywhere, but its video-level probability 0.2 gates it off: not shown
+    video[3] = 0.2
+    gt_visual[5:7, 4] = True  # Cat seen 5-7 s, never predicted: 2 misses
+    out = tmp_path / "video.png"
+    png, csv_file = plot_video_parse(out, filename="handmade_0_10", audio_probs=audio, visual_probs=visual,
+                                     gt_audio=gt_audio, gt_visual=gt_visual, video_probs=video)  # fmt: skip
+    assert_png(png)
+    rows = read_csv(csv_file)
+    assert {r["class"] for r in rows} == {"Speech", "Cat"}
+    assert len(rows) == 2 * 2 * NUM_SEGMENTS
+    speech_audio = [
+        (int(r["predicted"]), int(r["true"])) for r in rows if r["class"] == "Speech" and r["track"] == "audio"
+    ]
+    assert speech_audio == [(1, 0), (1, 0), (1, 1), (1, 1), (0, 1), (0, 1), (0, 0), (0, 0), (0, 0), (0, 0)]
+    assert {r["video_probability"] for r in rows if r["class"] == "Speech"} == {"0.8000"}
+    cat_visual = [int(r["true"]) for r in rows if r["class"] == "Cat" and r["track"] == "visual"]
+    assert cat_visual == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0]
+
+
+def test_plot_class_recall_csv_keeps_nan_as_empty(tmp_path: Path):
+    recalls = {
+        "HAN": {t: np.linspace(0, 96, len(CLASSES)) for t in ("audio", "visual", "audio_visual")},
+        "MGN": {t: np.full(len(CLASSES), np.nan) for t in ("audio", "visual", "audio_visual")},
+    }
+    recalls["MGN"]["visual"][3] = 50.0
+    png, csv_file = plot_class_recall(recalls, tmp_path / "r.png")
+    assert_png(png)
+    rows = read_csv(csv_file)
+    assert rows[1] == {"class": "Car", "track": "audio", "HAN": "4.00", "MGN": ""}
+    assert rows[len(CLASSES) + 3] == {"class": "Dog", "track": "visual", "HAN": "12.00", "MGN": "50.00"}
+
+
+def test_plot_rejects_a_non_png_name(mgn_run: Path, tmp_path: Path, capsys):
+    assert main(["plot", "tokens", str(mgn_run), "--out", str(tmp_path / "tokens.jpg")]) == 2
+    assert ".png" in capsys.readouterr().err
