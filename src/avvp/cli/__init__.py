@@ -23,6 +23,8 @@ COMMANDS: list[str] = [
     "parse",
     "models",
     "export",
+    "sweep",
+    "plot",
 ]
 
 
