@@ -77,3 +77,20 @@ def test_han_rejects_mgn_flags(tiny_llp: Path, tmp_path: Path, capsys: pytest.Ca
     assert "--depth-av" in capsys.readouterr().err
     assert _train(tiny_llp, tmp_path / "run2", "--model", "mgn", "--dropout", "0") == 2
     assert "--dropout" in capsys.readouterr().err
+
+
+def test_clamped_bce_equals_torch_bce() -> None:
+    from avvp.train import clamp_bce
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(32, 25, generator=generator)
+    probs[0, :3] = torch.tensor([0.0, 1.0, 1e-9])
+    target = (torch.rand(32, 25, generator=generator) < 0.2).float() * 0.9 + 0.05
+    expected = torch.nn.functional.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target, reduction="none")
+    torch.testing.assert_close(clamp_bce(probs, target), expected.mean(dim=1))
+
+
+def test_divergence_is_a_clear_error(tiny_llp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status = _train(tiny_llp, tmp_path / "run", "--model", "han", "--dim", "32", "--epochs", "1", "--lr", "1e30")
+    assert status == 2
+    assert "training diverged" in capsys.readouterr().err

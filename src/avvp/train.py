@@ -106,9 +106,14 @@ def init_distributed(device: torch.device) -> DistributedContext:
 
 
 def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE (mean over classes) on clamped probabilities: [B, C] -> [B]."""
+    """Per-sample BCE (mean over classes) on clamped probabilities: [B, C] -> [B].
+
+    Written out rather than F.binary_cross_entropy (the same value: the clamp keeps the logs above -16.2, inside
+    its -100 floor) because that kernel kills a CUDA process with a device assert on a NaN input; here a NaN
+    reaches the loss sums and `train` stops with a clear error instead.
+    """
     probs = probs.float().clamp(PROB_EPS, 1 - PROB_EPS)
-    return F.binary_cross_entropy(probs, target, reduction="none").mean(dim=1)
+    return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs)).mean(dim=1)
 
 
 def compute_losses(output: ParseOutput, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -449,6 +454,11 @@ def train(
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             stepper(batch[dist_ctx.rank :: dist_ctx.world_size], len(batch))  # this process's shard
         sums = stepper.take_sums()
+        if not all(math.isfinite(v) for v in sums.values()):
+            raise AvvpError(
+                f"training diverged: the loss is not finite in epoch {epoch} ({out_dir}); "
+                "try --precision fp32 or a lower --lr"
+            )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         epoch_losses = _reduce_losses(sums, count, dist_ctx)
