@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "export",
     "sweep",
     "plot",
+    "demo",
 ]
 
 

@@ -1,0 +1,135 @@
+"""`avvp demo` end to end at a tiny scale, and the pieces of its report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avvp.cli import main
+from avvp.data.annotations import load_split
+from avvp.data.synth import SynthConfig, broadcast_oracle, load_config
+from avvp.demo import TINY_MODEL_OVERRIDES, DemoConfig, pick_video
+from avvp.metrics import LEVELS, TRACKS, evaluate
+from avvp.models import count_parameters, create_model
+from avvp.reports.demo import DemoRow, markdown_table, text_table
+from avvp.scoring import score_predictions
+
+TINY_ARGS = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "--seed", "3", "--tiny-models"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One tiny demo run (tiny models, 2 epochs): its folder and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["demo", "--out", str(out), *TINY_ARGS, "--device", "cpu"])
+    assert status == 0
+    return out, printed.getvalue()
+
+
+def test_results_json_has_exactly_the_documented_structure(demo_run):
+    out, _ = demo_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"dataset", "models", "oracle_broadcast"}
+    assert results["dataset"] == {"train": 32, "val": 12, "test": 12, "seed": 3}
+    assert set(results["models"]) == {"mgn", "han"}
+    for name, entry in results["models"].items():
+        assert set(entry) == {"segment", "event", "parameters", "train_seconds"}
+        for level in LEVELS:
+            assert set(entry[level]) == set(TRACKS)
+            assert all(0.0 <= value <= 100.0 for value in entry[level].values())
+        assert entry["parameters"] == count_parameters(create_model(name, **TINY_MODEL_OVERRIDES[name]))
+        assert entry["train_seconds"] > 0 and math.isfinite(entry["train_seconds"])
+    assert set(results["oracle_broadcast"]) == set(LEVELS)
+    for level in LEVELS:
+        assert set(results["oracle_broadcast"][level]) == set(TRACKS)
+
+
+def test_scores_agree_with_the_written_predictions_and_the_oracle(demo_run):
+    out, _ = demo_run
+    results = json.loads((out / "results.json").read_text())
+    test_split = load_split(out / "data", "test")
+    for name in ("han", "mgn"):
+        scores = score_predictions(out / "runs" / name / "test_predictions.npz", test_split)
+        assert results["models"][name]["segment"] == pytest.approx(scores.segment)
+        assert results["models"][name]["event"] == pytest.approx(scores.event)
+    oracle = evaluate(*broadcast_oracle(test_split), test_split.audio, test_split.visual)
+    assert results["oracle_broadcast"]["segment"] == pytest.approx(oracle.segment)
+    assert results["oracle_broadcast"]["event"] == pytest.approx(oracle.event)
+
+
+def test_report_and_its_figures_exist_and_decode(demo_run):
+    import matplotlib.image
+
+    out, printed = demo_run
+    report = (out / "report.md").read_text()
+    pngs = [part.split(")")[0] for part in report.split("](")[1:]]
+    assert "figures/training_curves.png" in pngs
+    assert {"figures/test_video_han.png", "figures/test_video_mgn.png"} <= set(pngs)
+    for png in pngs:
+        image = matplotlib.image.imread(out / png)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    for title in ("HAN", "MGN", "broadcast oracle"):
+        assert f"| {title} |" in report
+        assert any(line.startswith(title) for line in printed.splitlines())
+    assert "Scale: LLP-Synth 32 train / 12 val / 12 test videos" in printed
+    assert "StepLR every 1" in printed  # 2 epochs: the recipe's 10 of 40, rounded, at least 1
+
+
+def test_a_second_run_reuses_the_data_and_replaces_the_runs(demo_run, capsys):
+    out, _ = demo_run
+    data_files = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*") if p.is_file()}
+    best_before = (out / "runs" / "han" / "best.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), *TINY_ARGS, "--device", "cpu"]) == 0
+    assert "reused the cache" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*") if p.is_file()} == data_files
+    assert (out / "runs" / "han" / "best.safetensors").stat().st_mtime_ns > best_before
+    assert load_config(out / "data") == SynthConfig(train=32, val=12, test=12, seed=3)
+    assert not list(out.glob(".demo-*")), "the staging folder is left behind"
+    assert sorted(p.name for p in out.iterdir()) == ["data", "figures", "report.md", "results.json", "runs"]
+
+
+def test_scale_arguments_are_checked(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "0"]) == 2
+    assert "--epochs 0: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("epochs", "step"), [(40, 10), (12, 3), (10, 2), (6, 2), (2, 1), (1, 1)])
+def test_lr_step_scales_with_the_epochs(epochs, step):
+    assert DemoConfig(epochs=epochs).lr_step == step
+
+
+def test_pick_video_prefers_several_classes_with_modality_differences():
+    audio = np.zeros((3, 10, 25), dtype=bool)
+    visual = np.zeros((3, 10, 25), dtype=bool)
+    audio[0, :, 0] = visual[0, :, 0] = True  # one class, the same in both modalities
+    audio[1, :, [1, 2]] = visual[1, :, [1, 2]] = True  # two classes, identical in both modalities
+    audio[2, :, 3] = visual[2, :, 3] = True
+    audio[2, :4, 4] = True  # two classes, one heard only
+    assert pick_video(audio, visual) == 2
+    assert pick_video(audio[:2], visual[:2]) == 0  # none differs: the first with any event
+    assert pick_video(np.zeros_like(audio), np.zeros_like(visual)) == 0
+
+
+def test_tables_show_every_number_and_size():
+    segment = {track: 10.0 + i for i, track in enumerate(TRACKS)}
+    event = {track: 20.0 + i for i, track in enumerate(TRACKS)}
+    rows = [DemoRow("HAN", segment, event, 1_250_000, 12.34), DemoRow("broadcast oracle", segment, event)]
+    text = text_table(rows)
+    han_line = next(line for line in text.splitlines() if line.startswith("HAN"))
+    assert han_line.split()[1:] == [*(f"{v:.1f}" for v in [*segment.values(), *event.values()]), "1,250,000", "5.00",
+                                    "12.3"]  # fmt: skip
+    oracle_line = next(line for line in text.splitlines() if line.startswith("broadcast oracle"))
+    assert oracle_line.split()[-3:] == ["-", "-", "-"]
+    markdown = markdown_table(rows).splitlines()
+    assert len(markdown) == 4 and markdown[0].count("|") == markdown[2].count("|") == 15
+    assert "| HAN | 10.0 | 11.0 | 12.0 | 13.0 | 14.0 | 20.0 |" in markdown[2]
