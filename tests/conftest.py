@@ -10,6 +10,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on an oversubscribed intra-op pool (use per module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
@@ -78,7 +89,7 @@ def write_tiny_llp(root: Path, *, train: int = 24, val: int = 8, test: int = 8, 
     everything = [r for rows in split_rows.values() for r in rows]
     (root / "AVVP_dataset_full.csv").write_text(header + "".join(r + "\n" for r in everything))
     eval_header = "filename\tonset\toffset\tevent_labels\n"
-    dense_names = set(r.split("\t")[0] for r in split_rows["val"] + split_rows["test"])
+    dense_names = {r.split("\t")[0] for r in split_rows["val"] + split_rows["test"]}
     for modality in ("audio", "visual"):
         rows = [r for r in dense[modality] if r.split("\t")[0] in dense_names]
         (root / f"AVVP_eval_{modality}.csv").write_text(eval_header + "".join(r + "\n" for r in rows))

@@ -18,13 +18,7 @@ from avvp.models import count_parameters, create_model
 OUTPUTS = ("video", "audio_video", "visual_video", "audio", "visual")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~100x faster on one thread than on an oversubscribed intra-op pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_inputs(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

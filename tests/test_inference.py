@@ -75,8 +75,8 @@ def test_pack_and_folder_predict_identically(tiny_llp: Path, tiny_checkpoint: Pa
 def test_pack_holds_pooled_features_and_is_safetensors(tiny_llp: Path, packs: Path) -> None:
     from safetensors.numpy import load_file
 
-    from avvp.data.features import load_features
     from avvp.data.annotations import read_weak_labels, video_id
+    from avvp.data.features import load_features
 
     ids = [video_id(f) for f in read_weak_labels(tiny_llp / "AVVP_val_pd.csv").filenames]
     arrays = load_file(packs / "val.pack")  # any safetensors reader can open a pack
@@ -101,7 +101,7 @@ def test_predict_errors_are_one_line(tiny_llp: Path, tiny_checkpoint: Path, tmp_
         (bad / sub).mkdir(parents=True)
         for f in (tiny_llp / "feats" / sub).iterdir():
             (bad / sub / f.name).write_bytes(f.read_bytes())
-    victim = sorted((bad / "res152").iterdir())[-1]
+    victim = max((bad / "res152").iterdir())
     np.save(victim, np.zeros((10, 2048), np.float32))  # wrong shape
     args = ["predict", "--checkpoint", str(tiny_checkpoint), "--features", str(bad), "--device", "cpu"]
     status = main([*args, "--list", str(tiny_llp / "AVVP_dataset_full.csv"), "--out", str(tmp_path / "p.npz")])

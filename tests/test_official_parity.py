@@ -13,13 +13,7 @@ from avvp.checkpoint import load_model
 OUTPUTS = ("video", "audio_video", "visual_video", "audio", "visual", "audio_token_logits", "visual_token_logits")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on an oversubscribed intra-op pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,16 @@ def _train(tiny: Path, out: Path, *extra: str) -> int:
     return main(
         [
             "train",
-            "--features", str(tiny / "feats"),
-            "--annotations", str(tiny),
-            "--out", str(out),
-            "--device", "cpu",
-            "--batch-size", "8",
+            "--features",
+            str(tiny / "feats"),
+            "--annotations",
+            str(tiny),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "8",
             *extra,
         ]
     )

@@ -9,13 +9,9 @@ the caller. `official_state_dict` maps back, so our models run in the authors' s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from avvp import __version__
 from avvp.data.classes import CLASSES
 from avvp.errors import AvvpError
 from avvp.models import MODEL_NAMES, create_model, make_config
+from avvp.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +133,7 @@ def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def export_official(model: nn.Module, path: str | Path) -> None:
     """Save `model` as the authors' plain state dict (`torch.save`), atomically."""
     state_dict = official_state_dict(model)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state_dict, tmp)
 
 
@@ -164,7 +161,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None
     text = json.dumps(record, indent=2) + "\n"
     weights = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     # Both files are complete on disk before either is renamed into place.
-    with _atomic_path(path) as weights_tmp, _atomic_path(path.with_suffix(".json")) as json_tmp:
+    with atomic_path(path) as weights_tmp, atomic_path(path.with_suffix(".json")) as json_tmp:
         save_file(weights, str(weights_tmp), metadata={_HEADER_KEY: json.dumps(record)})
         json_tmp.write_text(text, encoding="utf-8")
 
@@ -389,18 +386,3 @@ def _load_strict(model: nn.Module, state_dict: dict[str, Tensor], path: Path) ->
     if problems:
         raise AvvpError(f"{path}: weights do not fit {model.name.upper()} {model.config}: {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=True)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it when the block succeeds, removed when it fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from avvp.data.features import Features
+from avvp.utils import atomic_path
 
 # Keys of a predictions file besides `filenames`, with their shapes after the batch axis.
 PREDICTION_KEYS = {"video": (25,), "audio_video": (25,), "visual_video": (25,), "audio": (10, 25), "visual": (10, 25)}
@@ -80,17 +79,9 @@ def predict(
 
 def save_predictions(path: str | Path, filenames: list[str], predictions: dict[str, np.ndarray]) -> None:
     """Write a predictions file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {key: np.asarray(value, dtype=np.float32) for key, value in predictions.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, filenames=np.asarray(filenames, dtype=str), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, filenames=np.asarray(filenames, dtype=str), **arrays)
 
 
 def predict_videos(
@@ -114,9 +105,7 @@ def predict_videos(
     model, _ = load_model(
         checkpoint, unimodal_assign=unimodal_assign, crossmodal_assign=crossmodal_assign, map_location=device
     )
-    features = open_features(features_path).load(
-        [video_id(name) for name in filenames], pooled=True, progress=progress
-    )
+    features = open_features(features_path).load([video_id(name) for name in filenames], pooled=True, progress=progress)
     return predict(
         model,
         features,

@@ -26,6 +26,7 @@ from torch import nn
 
 from avvp import __version__
 from avvp.checkpoint import save_checkpoint
+from avvp.config import ConfigMixin
 from avvp.data.annotations import Split, load_split
 from avvp.data.classes import NUM_CLASSES
 from avvp.data.features import Features
@@ -34,7 +35,7 @@ from avvp.errors import AvvpError
 from avvp.inference import autocast, predict, resolve_precision
 from avvp.metrics import Scores, evaluate, parse_predictions
 from avvp.models import ParseOutput, create_model
-from avvp.utils import atomic_write_text, atomic_torch_save
+from avvp.utils import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ PROB_EPS = 1e-7  # probabilities are clamped to [eps, 1 - eps] before BCE, as in
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """The training recipe; defaults are the authors' (spec section 3)."""
 
     model: str = "mgn"  # "mgn" or "han"
@@ -60,18 +61,6 @@ class TrainConfig:
     cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (CUDA, one process)
     max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise AvvpError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -448,7 +437,10 @@ def train(
         order = torch.randperm(count, generator=shuffle_generator).to(labels_all.device)
         steps = math.ceil(count / config.batch_size)
         bar = tqdm(
-            range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not (progress and dist_ctx.is_main)
+            range(steps),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="step",
+            disable=not (progress and dist_ctx.is_main),
         )
         for step in bar:
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -523,8 +515,10 @@ def train(
 def _token_logits(model: nn.Module, data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...] | None:
     """MGN's class-token logits (they do not depend on the input; one video is run to get them)."""
     model.eval()
-    one = tuple(torch.as_tensor(np.asarray(a[:1]), dtype=torch.float32).to(device) for a in (
-        data.features.audio, data.features.res152, data.features.r2plus1d))
+    one = tuple(
+        torch.as_tensor(np.asarray(a[:1]), dtype=torch.float32).to(device)
+        for a in (data.features.audio, data.features.res152, data.features.r2plus1d)
+    )
     output = model(*one)
     if output.audio_token_logits is None:
         return None

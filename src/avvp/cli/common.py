@@ -73,7 +73,7 @@ def add_assign_args(parser: argparse.ArgumentParser) -> None:
             choices=["soft", "hard"],
             default=None,
             help=f"MGN {which} assignment for an authors' checkpoint, which does not record it (default: soft); "
-            "avvp checkpoints carry their own",
+            "an avvp checkpoint keeps its own unless this is given",
         )
 
 
@@ -100,3 +100,24 @@ def model_overrides(args: argparse.Namespace, model: str) -> dict:
         flags = ", ".join("--" + n.replace("_", "-") for n in other)
         raise AvvpError(f"{flags}: not an option of {model.upper()}")
     return given
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of commands that run a checkpoint over features: checkpoint, features, batching, precision."""
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="avvp checkpoint or authors' .pt file")
+    parser.add_argument(
+        "--features",
+        required=True,
+        metavar="PATH",
+        help="features: a folder in the official layout (vggish/, res152/, r2plus1d_18/), a pack, or a folder of packs",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="videos per batch (default: 256)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default: reproduces the authors' forward pass to 1e-5), or bf16 autocast (faster on GPUs, "
+        "probabilities within ~1e-2); auto = bf16 on CUDA, fp32 elsewhere",
+    )
+    add_assign_args(parser)
+    add_device_arg(parser)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from avvp.cli.common import add_annotations_arg, add_assign_args, add_device_arg, resolve_annotations
+from avvp.cli.common import add_annotations_arg, add_inference_args, resolve_annotations
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,19 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict the val or test split with a checkpoint (ours or the authors') and print the ten "
         "official numbers.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="avvp checkpoint or authors' .pt file")
-    parser.add_argument("--features", required=True, metavar="PATH", help="features folder (official layout) or packs")
+    add_inference_args(parser)
     parser.add_argument("--split", choices=["val", "test"], default="test", help="split to score (default: test)")
     add_annotations_arg(parser)
     parser.add_argument("--json", metavar="OUT", help="also write the scores (unrounded, percent) as JSON")
-    parser.add_argument("--batch-size", type=int, default=256, help="videos per batch (default: 256)")
-    parser.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-        help="fp32 (default: reproduces the authors' forward pass to 1e-5), or bf16 autocast (faster on GPUs, "
-        "probabilities within ~1e-2); auto = bf16 on CUDA, fp32 elsewhere",
-    )
-    add_assign_args(parser)
-    add_device_arg(parser)
     parser.set_defaults(func=run)
 
 

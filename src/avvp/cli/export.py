@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from avvp.cli.common import add_assign_args
 from avvp.errors import AvvpError
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, metavar="PATH", help="file to write: NAME.safetensors, or with --official NAME.pt"
     )
     parser.add_argument("--official", action="store_true", help="write the authors' format (torch.save state dict)")
-    for which in ("unimodal", "crossmodal"):
-        parser.add_argument(
-            f"--{which}-assign",
-            choices=["soft", "hard"],
-            default=None,
-            help=f"MGN {which} assignment to record for an authors' checkpoint, which does not hold it "
-            "(default: soft; an avvp checkpoint keeps its own unless this is given)",
-        )
+    add_assign_args(parser)
     parser.set_defaults(func=run)
 
 

@@ -18,15 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--list", metavar="CSV", help="pack the videos of this list (filename<TAB>event_labels)")
     target.add_argument(
-        "--annotations", metavar="DIR",
+        "--annotations",
+        metavar="DIR",
         help="pack every split: AVVP_train.csv, AVVP_val_pd.csv and AVVP_test_pd.csv of this folder",
     )
     parser.add_argument(
-        "--out", required=True, metavar="PATH",
+        "--out",
+        required=True,
+        metavar="PATH",
         help="with --list: the pack file to write; with --annotations: a folder for train.pack, val.pack, test.pack",
     )
     parser.add_argument(
-        "--float16", action="store_true",
+        "--float16",
+        action="store_true",
         help="store float16 (half the size; approximate: about 3 significant digits, predictions may differ slightly)",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel readers (default: 2 x cores, at most 8)")

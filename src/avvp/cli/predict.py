@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from avvp.cli.common import add_assign_args, add_device_arg
+from avvp.cli.common import add_inference_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,20 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a checkpoint (avvp's .safetensors, or the authors' MGN_Net.pt / MMIL_Net.pt) over the videos "
         "of a list in the AVVP_*_pd.csv format; writes PRED.npz in the format `avvp score` reads.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="avvp checkpoint or authors' .pt file")
-    parser.add_argument(
-        "--features", required=True, metavar="PATH", help="features folder in the official layout, or packs"
-    )
+    add_inference_args(parser)
     parser.add_argument("--list", required=True, metavar="CSV", help="list of videos (filename<TAB>event_labels)")
     parser.add_argument("--out", required=True, metavar="PRED.npz", help="predictions file to write")
-    parser.add_argument("--batch-size", type=int, default=256, help="videos per batch (default: 256)")
-    parser.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-        help="fp32 (default: reproduces the authors' forward pass to 1e-5), or bf16 autocast (faster on GPUs, "
-        "probabilities within ~1e-2); auto = bf16 on CUDA, fp32 elsewhere",
-    )
-    add_assign_args(parser)
-    add_device_arg(parser)
     parser.set_defaults(func=run)
 
 

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", choices=["mgn", "han"], default="mgn", help="which model (default: mgn)")
     parser.add_argument(
-        "--features", required=True, metavar="PATH",
+        "--features",
+        required=True,
+        metavar="PATH",
         help="features: a folder in the official layout (vggish/, res152/, r2plus1d_18/) or packs from `avvp pack`",
     )
     add_annotations_arg(parser)
@@ -28,14 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr-step", type=int, default=10, help="StepLR step in epochs (default: 10)")
     parser.add_argument("--lr-gamma", type=float, default=0.1, help="StepLR decay factor (default: 0.1)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size for validation/test (default: 256)")
     parser.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        "--eval-batch-size", type=int, default=256, help="batch size for validation/test (default: 256)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
         help="fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere (default: auto)",
     )
     parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     parser.add_argument(
-        "--cuda-graphs", action="store_true",
+        "--cuda-graphs",
+        action="store_true",
         help="CUDA, one process: capture the whole training step (forward, backward, Adam) in a CUDA graph and "
         "replay it; removes kernel-launch overhead at small batch sizes",
     )
@@ -73,5 +80,7 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         resume=args.resume,
     )
-    print(f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f}); run folder {result.out_dir}")
+    print(
+        f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f}); run folder {result.out_dir}"
+    )
     return 0

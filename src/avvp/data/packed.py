@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avvp.data.features import pool_res152
 from avvp.errors import AvvpError
 
 PACK_FORMAT = "avvp-pack"
@@ -41,9 +42,7 @@ class Pack:
         index = {vid: i for i, vid in enumerate(self.video_ids)}
         missing = [vid for vid in video_ids if vid not in index]
         if missing:
-            raise AvvpError(
-                f"{self.path}: {len(missing)} video(s) not in this pack, e.g. {', '.join(missing[:5])}"
-            )
+            raise AvvpError(f"{self.path}: {len(missing)} video(s) not in this pack, e.g. {', '.join(missing[:5])}")
         return np.fromiter((index[vid] for vid in video_ids), dtype=np.int64, count=len(video_ids))
 
 
@@ -97,8 +96,9 @@ def write_pack(
             handle.write(raw)
             handle.truncate(total)
         maps = {
-            name: np.memmap(tmp, dtype=np_dtype, mode="r+", offset=data_start + spec["data_offsets"][0],
-                            shape=tuple(spec["shape"]))
+            name: np.memmap(
+                tmp, dtype=np_dtype, mode="r+", offset=data_start + spec["data_offsets"][0], shape=tuple(spec["shape"])
+            )
             for name, spec in header.items()
             if name != "__metadata__" and spec["shape"][0] > 0
         }
@@ -106,19 +106,20 @@ def write_pack(
         def fill(item: tuple[int, str]) -> None:
             row, vid = item
             audio, res152, r2plus1d = read_video(vid)
-            if res152.shape[0] != 10:
-                res152 = res152.reshape(10, -1, res152.shape[-1]).mean(axis=1)
+            if res152.shape[0] != PACK_SHAPES["res152"][0]:
+                res152 = pool_res152(res152)
             for name, array in (("audio", audio), ("res152", res152), ("r2plus1d", r2plus1d)):
                 maps[name][row] = array
 
         with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
             items = list(enumerate(video_ids))
-            for _ in tqdm(pool.map(fill, items), total=len(items), desc=f"pack {path.name}", unit="video",
-                          disable=not progress):
+            for _ in tqdm(
+                pool.map(fill, items), total=len(items), desc=f"pack {path.name}", unit="video", disable=not progress
+            ):
                 pass
         for array in maps.values():
             array.flush()
-        del maps
+        maps.clear()  # close the memory maps before the file is renamed
     return path
 
 

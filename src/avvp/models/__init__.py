@@ -6,10 +6,10 @@ stays light); the nn.Modules live in `mgn.py` and `han.py`, built from the block
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from avvp.config import ConfigMixin
 from avvp.errors import AvvpError
 
 if TYPE_CHECKING:
@@ -34,23 +34,6 @@ class ParseOutput:
     visual_maps: Tensor | None = None  # MGN: [B, 25, 10] visual class-grouping map used for `visual`
 
 
-class _Config:
-    """`from_dict` (rejecting unknown keys) and `to_dict` for the frozen config dataclasses."""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        """Build a config from a dict (e.g. a checkpoint's JSON); unknown keys are an error, not ignored."""
-        known = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise AvvpError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-
 def _check_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
@@ -59,7 +42,7 @@ def _check_positive(config: Any, *names: str) -> None:
 
 
 @dataclass(frozen=True)
-class MGNConfig(_Config):
+class MGNConfig(ConfigMixin):
     """MGN (Mo & Tian, NeurIPS 2022); defaults are the paper's."""
 
     dim: int = 128  # model width D (8 attention heads, so a multiple of 8)
@@ -86,7 +69,7 @@ class MGNConfig(_Config):
 
 
 @dataclass(frozen=True)
-class HANConfig(_Config):
+class HANConfig(ConfigMixin):
     """HAN (Tian et al., ECCV 2020): one hybrid attention layer; defaults are the paper's."""
 
     dim: int = 512  # model width
@@ -102,7 +85,7 @@ class HANConfig(_Config):
             raise AvvpError(f"HANConfig.dropout must be in [0, 1), not {self.dropout!r}")
 
 
-CONFIGS: dict[str, type[_Config]] = {"mgn": MGNConfig, "han": HANConfig}
+CONFIGS: dict[str, type[ConfigMixin]] = {"mgn": MGNConfig, "han": HANConfig}
 
 
 def make_config(name: str, **overrides: Any) -> MGNConfig | HANConfig:
