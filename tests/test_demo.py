@@ -88,12 +88,13 @@ def test_a_second_run_reuses_the_data_and_replaces_the_runs(demo_run, capsys):
     out, _ = demo_run
     data_files = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*") if p.is_file()}
     best_before = (out / "runs" / "han" / "best.safetensors").stat().st_mtime_ns
+    (out / ".demo-killed").mkdir()  # the staging folder of a killed run
     assert main(["demo", "--out", str(out), *TINY_ARGS, "--device", "cpu"]) == 0
     assert "reused the cache" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*") if p.is_file()} == data_files
     assert (out / "runs" / "han" / "best.safetensors").stat().st_mtime_ns > best_before
     assert load_config(out / "data") == SynthConfig(train=32, val=12, test=12, seed=3)
-    assert not list(out.glob(".demo-*")), "the staging folder is left behind"
+    assert not list(out.glob(".demo-*")), "a staging folder is left behind"
     assert sorted(p.name for p in out.iterdir()) == ["data", "figures", "report.md", "results.json", "runs"]
 
 

@@ -46,6 +46,7 @@ TINY_MODEL_OVERRIDES = {
     "mgn": {"dim": 32, "depth_audio": 1, "depth_visual": 1, "depth_av": 1},
 }
 OUTPUTS = ("runs", "figures", "results.json", "report.md")  # what a run replaces (data/ is the cache)
+STAGING_PREFIX = ".demo-"  # a run builds its outputs in DIR/.demo-XXXX, then moves them into place
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,9 @@ def run_demo(
     packs, reused = prepare_data(out_dir / "data", config.synth_config(), progress=progress)
     print(f"LLP-Synth: {'reused the cache in' if reused else 'generated into'} {out_dir / 'data'}")
 
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=out_dir))
+    for stale in out_dir.glob(f"{STAGING_PREFIX}*"):  # left by a killed run (an interrupted one cleans up)
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         test_split = load_split(out_dir / "data", "test")
         test_features = open_features(packs).load(test_split.video_ids, pooled=True)
