@@ -99,3 +99,14 @@ def test_divergence_is_a_clear_error(tiny_llp: Path, tmp_path: Path, capsys: pyt
     status = _train(tiny_llp, tmp_path / "run", "--model", "han", "--dim", "32", "--epochs", "1", "--lr", "1e30")
     assert status == 2
     assert "training diverged" in capsys.readouterr().err
+
+
+def test_streaming_equals_in_memory(tiny_llp: Path, tmp_path: Path) -> None:
+    """--stream reads batches from disk through a DataLoader; same batches, same math, same weights."""
+    common = ["--model", "han", "--dim", "32", "--dropout", "0", "--epochs", "2"]
+    assert _train(tiny_llp, tmp_path / "memory", *common) == 0
+    assert _train(tiny_llp, tmp_path / "stream", *common, "--stream", "--loader-workers", "1") == 0
+    a = torch.load(tmp_path / "memory" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "stream" / "last.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)

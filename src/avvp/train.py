@@ -59,6 +59,8 @@ class TrainConfig(ConfigMixin):
     precision: str = "auto"  # fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere)
     compile: bool = False  # wrap the model in torch.compile
     cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (CUDA, one process)
+    stream: bool = False  # read each batch from disk (DataLoader) instead of holding the train split in memory
+    loader_workers: int = 2  # DataLoader worker processes when streaming
     max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
 
@@ -155,17 +157,40 @@ class SplitData:
     """A split's annotations and its features held in memory."""
 
     split: Split
-    features: Features
+    features: Features | None  # None when streaming
+    features_path: Path | None = None
 
 
-def load_split_data(features_path: Path, annotations: Path, name: str, *, limit: int | None = None) -> SplitData:
-    """Annotations and in-memory features of one split (res152 averaged per second)."""
+def load_split_data(
+    features_path: Path, annotations: Path, name: str, *, limit: int | None = None, stream: bool = False
+) -> SplitData:
+    """Annotations and in-memory features of one split (res152 averaged per second); with `stream`, the features
+    are only checked to exist and are read batch by batch during training."""
     split = load_split(annotations, name)
     if limit is not None and limit < len(split.filenames):
         split = subset_split(split, limit)
     store = open_features(features_path)
-    features = store.load(split.video_ids, pooled=True, progress=True)
-    return SplitData(split, features)
+    features = None if stream else store.load(split.video_ids, pooled=True, progress=True)
+    return SplitData(split, features, Path(features_path))
+
+
+class StreamedBatches(torch.utils.data.Dataset):
+    """Batches read from disk for streaming training: item i is the i-th batch of the given index lists."""
+
+    def __init__(self, features_path: Path, video_ids: list[str], labels: np.ndarray, batches: list[np.ndarray]):
+        self.features_path, self.video_ids, self.labels, self.batches = features_path, video_ids, labels, batches
+        self._store = None  # opened lazily in each worker process
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        if self._store is None:
+            self._store = open_features(self.features_path)
+        index = self.batches[i]
+        features = self._store.load([self.video_ids[j] for j in index], pooled=True)
+        arrays = (features.audio, features.res152, features.r2plus1d, self.labels[index])
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays)
 
 
 def subset_split(split: Split, limit: int) -> Split:
@@ -231,9 +256,22 @@ class TrainStep:
         self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
 
     def run(self, index: torch.Tensor, global_size: int, *, cache_autocast: bool = True) -> None:
-        """Forward, loss, backward and optimiser step; adds the batch's loss sums to `self.sums`."""
+        """One step on the videos at `index` of the in-memory tensors."""
         audio, res152, r2plus1d = (t.index_select(0, index).to(self.device, non_blocking=True) for t in self.tensors)
         labels = self.labels.index_select(0, index).to(self.device, non_blocking=True)
+        self.step(audio, res152, r2plus1d, labels, global_size, cache_autocast=cache_autocast)
+
+    def step(
+        self,
+        audio: torch.Tensor,
+        res152: torch.Tensor,
+        r2plus1d: torch.Tensor,
+        labels: torch.Tensor,
+        global_size: int,
+        *,
+        cache_autocast: bool = True,
+    ) -> None:
+        """Forward, loss, backward and optimiser step on one batch; adds its loss sums to `self.sums`."""
         with autocast(self.device, self.precision, cache_enabled=cache_autocast):
             output = self.model(audio, res152, r2plus1d)
         losses = compute_losses(output, labels, self.config)
@@ -246,7 +284,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        local = len(index)  # per-video sums; a per-step term (class tokens) counts once per video
+        local = len(labels)  # per-video sums; a per-step term (class tokens) counts once per video
         totals = [losses[k].detach().sum() if losses[k].dim() else losses[k].detach() * local for k in self.keys]
         self.sums += torch.stack(totals).double()
 
@@ -285,7 +323,9 @@ class GraphedTrainStep:
             problems.append("the device is not CUDA")
         if eager.dist_ctx.enabled:
             problems.append("training is distributed")
-        if eager.tensors[0].device.type != "cuda":
+        if config_stream := eager.config.stream:
+            problems.append("the training split is streamed from disk")
+        if not config_stream and eager.tensors[0].device.type != "cuda":
             problems.append("the training features do not fit on the GPU")
         if problems:
             log.warning("--cuda-graphs ignored: %s", "; ".join(problems))
@@ -385,7 +425,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
 
-    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos)
+    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos, stream=config.stream)
     val_data = load_split_data(Path(val_features or features), annotations, "val") if dist_ctx.is_main else None
 
     start_epoch, best_epoch, best_type = 1, 0, -math.inf
@@ -414,10 +454,14 @@ def train(
     if dist_ctx.is_main:
         atomic_write_text(out_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
 
-    # Training tensors: on the device once when they fit (always on CPU), shuffled by index.
-    train_tensors = _to_device_if_fits(train_data, device)
-    labels_all = torch.as_tensor(train_data.split.labels, dtype=torch.float32).to(train_tensors[0].device)
-    count = len(labels_all)
+    # Training tensors: on the device once when they fit (always on CPU), shuffled by index; or streamed.
+    count = len(train_data.split.filenames)
+    if config.stream:
+        train_tensors = ()
+        labels_all = torch.as_tensor(train_data.split.labels, dtype=torch.float32)
+    else:
+        train_tensors = _to_device_if_fits(train_data, device)
+        labels_all = torch.as_tensor(train_data.split.labels, dtype=torch.float32).to(train_tensors[0].device)
 
     step_model: nn.Module = model
     if config.compile:
@@ -442,9 +486,26 @@ def train(
             unit="step",
             disable=not (progress and dist_ctx.is_main),
         )
-        for step in bar:
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            stepper(batch[dist_ctx.rank :: dist_ctx.world_size], len(batch))  # this process's shard
+        batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(steps)]
+        if config.stream:
+            loader = torch.utils.data.DataLoader(
+                StreamedBatches(
+                    train_data.features_path,
+                    train_data.split.video_ids,
+                    train_data.split.labels,
+                    [b[dist_ctx.rank :: dist_ctx.world_size].numpy() for b in batches],
+                ),
+                batch_size=None,
+                num_workers=config.loader_workers,
+                pin_memory=device.type == "cuda",
+            )
+            for batch, inputs in zip(bar, loader):
+                inputs = [t.to(device, non_blocking=True) for t in inputs]
+                stepper.step(*inputs, len(batches[batch]))
+        else:
+            for step in bar:
+                batch = batches[step]
+                stepper(batch[dist_ctx.rank :: dist_ctx.world_size], len(batch))  # this process's shard
         sums = stepper.take_sums()
         if not all(math.isfinite(v) for v in sums.values()):
             raise AvvpError(

@@ -46,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CUDA, one process: capture the whole training step (forward, backward, Adam) in a CUDA graph and "
         "replay it; removes kernel-launch overhead at small batch sizes",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="read each training batch from disk (DataLoader workers) instead of holding the training split in "
+        "memory: for data that does not fit; slower",
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, default=2, help="DataLoader worker processes with --stream (default: 2)"
+    )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     add_model_args(parser)
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        stream=args.stream,
+        loader_workers=args.loader_workers,
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
     )
