@@ -20,6 +20,7 @@ from avvp.sweep import (
     depth_configs,
     model_size,
     plan_runs,
+    run_status,
     sweep_configs,
     train_command,
     worker_devices,
@@ -92,6 +93,37 @@ def test_plan_runs_folders_seeds_and_dim(tmp_path: Path):
         plan_runs(configs, [1, 1], tmp_path, TrainConfig())
     with pytest.raises(AvvpError, match="at least one seed"):
         plan_runs(configs, [], tmp_path, TrainConfig())
+
+
+def test_run_folders_are_matched_by_resolved_model_config(tmp_path: Path):
+    """A depth-sweep mgn-3-3-6 run is reused by the assign sweep's Softmax/Softmax row; another model is refused."""
+    from avvp.models import make_config
+
+    depth_run = plan_runs(sweep_configs("depth", ["mgn-3-3-6"]), [1], tmp_path, TrainConfig(epochs=3))[0]
+    assign_run = plan_runs(sweep_configs("assign", ["mgn-3-3-6"]), [1], tmp_path, TrainConfig(epochs=3))[0]
+    assert depth_run.run_dir == assign_run.run_dir
+    assert depth_run.train.model_overrides != assign_run.train.model_overrides
+    features, annotations = tmp_path / "feats", tmp_path / "ann"
+    record = {
+        "train": depth_run.train.to_dict(),
+        "model": {"name": "mgn", "config": make_config("mgn", **depth_run.train.model_overrides).to_dict()},
+        "features": str(features),
+        "annotations": str(annotations),
+    }
+    depth_run.run_dir.mkdir()
+    (depth_run.run_dir / "config.json").write_text(json.dumps(record))
+    assert run_status(assign_run, features, annotations) == "restart"
+    (depth_run.run_dir / "last.pt").write_bytes(b"")
+    assert run_status(assign_run, features, annotations) == "resume"
+    (depth_run.run_dir / "test_scores.json").write_text("{}")
+    assert run_status(assign_run, features, annotations) == "done"
+    hard = plan_runs(sweep_configs("assign", ["mgn-3-3-6-hard-hard"]), [1], tmp_path, TrainConfig(epochs=3))[0]
+    (hard.run_dir).mkdir()
+    (hard.run_dir / "config.json").write_text(json.dumps(record))  # a soft/soft model in the hard/hard folder
+    with pytest.raises(AvvpError, match="model config"):
+        run_status(hard, features, annotations)
+    with pytest.raises(AvvpError, match="features="):
+        run_status(assign_run, tmp_path / "other", annotations)
 
 
 def test_worker_devices():

@@ -183,12 +183,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 # Run folders: finished, resumable or restarted
 
 
-def _expected_record(run: PlannedRun, features: Path, annotations: Path) -> dict[str, Any]:
-    return {"train": run.train.to_dict(), "features": str(features), "annotations": str(annotations)}
-
-
 def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
-    """Refuse a run folder made by another recipe or other data: reusing it would mix results silently."""
+    """Refuse a run folder made by another recipe, model or data: reusing it would mix results silently.
+
+    Models are compared by their resolved configs, so `mgn-3-3-6` of the depth sweep (assignments left at their
+    defaults) is the same run as the Softmax / Softmax row of the assign sweep (assignments given).
+    """
     config_path = run.run_dir / "config.json"
     if not config_path.exists():
         return
@@ -196,12 +196,17 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
         stored = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise AvvpError(f"{config_path}: unreadable ({err}); delete {run.run_dir} to train it again") from err
-    expected = _expected_record(run, features, annotations)
+    expected = {"features": str(features), "annotations": str(annotations)}
+    stored_train = stored.get("train", {})
     differences = [
-        f"{key}={stored['train'].get(key)!r} (sweep: {value!r})"
-        for key, value in expected["train"].items()
-        if key in stored.get("train", {}) and stored["train"][key] != value
+        f"{key}={stored_train.get(key)!r} (sweep: {value!r})"
+        for key, value in run.train.to_dict().items()
+        if key != "model_overrides" and key in stored_train and stored_train[key] != value
     ]
+    model_config = make_config(run.train.model, **run.train.model_overrides).to_dict()
+    stored_model = stored.get("model", {}).get("config")
+    if stored_model != model_config:
+        differences.append(f"model config {stored_model} (sweep: {model_config})")
     differences += [
         f"{key}={stored.get(key)!r} (sweep: {expected[key]!r})"
         for key in ("features", "annotations")
@@ -488,12 +493,12 @@ def write_tables(out_dir: str | Path, kind: str, rows: Sequence[ResultRow], seed
 
     out_dir = Path(out_dir)
     title = "Table 1: CUG and MCG depths" if kind == "depth" else "Table 2: Softmax or Hard-Softmax assignment"
-    seed_list = ", ".join(map(str, seeds))
+    seed_list = f"seed {seeds[0]} (one seed: no ±)" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     lines = [
         f"# {title}",
         "",
         (
-            f"Test split, segment level, mean ± sample std over seeds {seed_list} (one seed: no ±); best mean per "
+            f"Test split, segment level, mean ± sample std over {seed_list}; best mean per "
             "column in bold. Model Size: float32 MB (10^6 bytes) and exact parameter counts."
         ),
         "",

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             raise AvvpError(f"{flag} {value}: must be at least 1")
     if args.max_train_videos is not None and args.max_train_videos < 1:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
+    if args.skip_bad_rows:
+        raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
     features = Path(args.features).resolve()
     if not features.exists():
         raise AvvpError(f"--features {args.features}: does not exist")
