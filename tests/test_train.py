@@ -110,3 +110,13 @@ def test_streaming_equals_in_memory(tiny_llp: Path, tmp_path: Path) -> None:
     b = torch.load(tmp_path / "stream" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from avvp.utils import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode == os.stat(tmp_path / "b.txt").st_mode

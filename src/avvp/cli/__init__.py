@@ -18,7 +18,11 @@ from avvp.errors import AvvpError
 # Subcommand modules, in the order `avvp --help` lists them.
 COMMANDS: list[str] = [
     "synth",
+    "train",
+    "predict",
+    "evaluate",
     "score",
+    "pack",
     "extract",
     "parse",
     "models",
