@@ -31,15 +31,22 @@ def check_graphs() -> None:
         generate(data, SynthConfig(train=320, val=64, test=64, seed=3), progress=False)
         outputs = {}
         for graphs in (False, True):
-            config = TrainConfig(model="han", epochs=3, lr_step=1, model_overrides={"dim": 64, "dropout": 0.0},
-                                 precision="fp32", cuda_graphs=graphs)
+            config = TrainConfig(
+                model="han",
+                epochs=3,
+                lr_step=1,
+                model_overrides={"dim": 64, "dropout": 0.0},
+                precision="fp32",
+                cuda_graphs=graphs,
+            )
             run = Path(tmp) / f"run-{graphs}"
             train(config, features=data / "feats", annotations=data, out_dir=run, device=DEVICE, progress=False)
             model = create_model("han", dim=64, dropout=0.0).to(DEVICE)
             model.load_state_dict(torch.load(run / "last.pt", weights_only=True)["model"])
             split = load_split(data, "val")
-            outputs[graphs] = predict(model, open_features(data / "feats").load(split.video_ids, pooled=True),
-                                      device=DEVICE)
+            outputs[graphs] = predict(
+                model, open_features(data / "feats").load(split.video_ids, pooled=True), device=DEVICE
+            )
         worst = max(float(abs(outputs[True][k] - outputs[False][k]).max()) for k in outputs[True])
         print(f"CUDA graphs vs eager, HAN 3 epochs: max |difference| of the val probabilities = {worst:.2e}")
         # MGN (stochastic: Gumbel noise, drop path) just has to train with finite, falling loss under graphs.
@@ -59,11 +66,13 @@ def check_precision(run_dir: Path, data: Path) -> None:
         scores = {}
         for precision in ("fp32", "bf16"):
             out = predict(model, features, device=DEVICE, precision=precision)
-            scores[precision] = evaluate(*parse_predictions(out["audio"], out["visual"], out["video"]),
-                                         split.audio, split.visual)
+            scores[precision] = evaluate(
+                *parse_predictions(out["audio"], out["visual"], out["video"]), split.audio, split.visual
+            )
         for level in ("segment", "event"):
-            diffs = {k: getattr(scores["bf16"], level)[k] - getattr(scores["fp32"], level)[k]
-                     for k in scores["fp32"].segment}
+            diffs = {
+                k: getattr(scores["bf16"], level)[k] - getattr(scores["fp32"], level)[k] for k in scores["fp32"].segment
+            }
             print(f"{split_name} {level}: bf16 - fp32 = " + ", ".join(f"{k} {v:+.2f}" for k, v in diffs.items()))
 
 

@@ -10,21 +10,18 @@ whole-split batched forward pass, the parse and the official metrics. Reference:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from train import device_name, prepare_data  # bench/train.py (this folder is on sys.path when run as a script)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import device_name, prepare_data  # noqa: E402  (bench/train.py)
-
-from avvp.data.annotations import load_split  # noqa: E402
-from avvp.data.store import open_features  # noqa: E402
-from avvp.inference import predict  # noqa: E402
-from avvp.metrics import evaluate, parse_predictions  # noqa: E402
-from avvp.models import create_model  # noqa: E402
+from avvp.data.annotations import load_split
+from avvp.data.store import open_features
+from avvp.inference import predict
+from avvp.metrics import evaluate, parse_predictions
+from avvp.models import create_model
 
 
 def timed(fn, repeats: int) -> float:
@@ -44,12 +41,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (default: fp32)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="videos per forward pass (default: 1024)")
+    parser.add_argument("--batch-size", type=int, default=128, help="videos per forward pass (default: 128)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument("--data", type=Path, default=Path("bench/.data/synth-small"), help="LLP-Synth cache folder")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     packs = prepare_data(args.data, 200, 0)
     store = open_features(packs)
     rows = []
@@ -60,16 +60,17 @@ def main() -> None:
             split = load_split(args.data, split_name)
             features = store.load(split.video_ids)
 
-            def run() -> None:
+            def run(model=model, features=features, split=split) -> None:
                 out = predict(model, features, batch_size=args.batch_size, device=device, precision=args.precision)
                 pred_audio, pred_visual = parse_predictions(out["audio"], out["visual"], out["video"])
                 evaluate(pred_audio, pred_visual, split.audio, split.visual)
 
-            def score_only() -> None:
+            def score_only(split=split) -> None:
                 evaluate(split.audio, split.visual, split.audio, split.visual)
 
-            rows.append((name, split_name, len(split.filenames), timed(run, args.repeats),
-                         timed(score_only, args.repeats)))
+            rows.append(
+                (name, split_name, len(split.filenames), timed(run, args.repeats), timed(score_only, args.repeats))
+            )
     print(f"\ndevice: {device_name(device)}; torch {torch.__version__}; precision {args.precision}")
     print(f"{'model':<6} {'split':<5} {'videos':>6} {'predict+score s':>16} {'score alone s':>14}")
     for name, split_name, count, total, score in rows:

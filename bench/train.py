@@ -65,25 +65,50 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="LLP-Synth seed")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     packs = prepare_data(args.data, args.videos, args.seed)
     rows = []
     for model in args.models.split(","):
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            config = TrainConfig(model=model, epochs=args.epochs, batch_size=batch_size, precision=args.precision,
-                                 compile=args.compile, cuda_graphs=args.cuda_graphs)
+            config = TrainConfig(
+                model=model,
+                epochs=args.epochs,
+                batch_size=batch_size,
+                precision=args.precision,
+                compile=args.compile,
+                cuda_graphs=args.cuda_graphs,
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                train(config, features=packs, annotations=args.data, out_dir=Path(tmp) / "run", device=device,
-                      progress=False)
+                train(
+                    config,
+                    features=packs,
+                    annotations=args.data,
+                    out_dir=Path(tmp) / "run",
+                    device=device,
+                    progress=False,
+                )
                 total = time.perf_counter() - start
                 records = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
             last = records[-1]  # the first epoch includes warm-up (and compilation)
-            rows.append((model, batch_size, last["videos_per_second"], last["train_seconds"],
-                         last["epoch_seconds"] - last["train_seconds"], total))
-    print(f"\ndevice: {device_name(device)}; torch {torch.__version__}; {args.videos} training videos; "
-          f"precision {args.precision}; compile {args.compile}; CUDA graphs {args.cuda_graphs}")
+            rows.append(
+                (
+                    model,
+                    batch_size,
+                    last["videos_per_second"],
+                    last["train_seconds"],
+                    last["epoch_seconds"] - last["train_seconds"],
+                    total,
+                )
+            )
+    print(
+        f"\ndevice: {device_name(device)}; torch {torch.__version__}; {args.videos} training videos; "
+        f"precision {args.precision}; compile {args.compile}; CUDA graphs {args.cuda_graphs}"
+    )
     print(f"{'model':<6} {'batch':>5} {'videos/s':>9} {'train epoch s':>14} {'val s':>7} {'run s':>7}")
     for model, batch, vps, train_s, val_s, total in rows:
         print(f"{model:<6} {batch:>5} {vps:>9.0f} {train_s:>14.1f} {val_s:>7.2f} {total:>7.1f}")

@@ -55,7 +55,7 @@ class TrainConfig(ConfigMixin):
     visual_target_scale: float = 0.9  # the visual video-level target is scale * y + shift (label smoothing)
     visual_target_shift: float = 0.05
     seed: int = 1  # seeds initialisation, shuffling, dropout and Gumbel noise
-    eval_batch_size: int = 256  # batch size for validation and test prediction
+    eval_batch_size: int = 128  # batch size for validation and test prediction
     precision: str = "auto"  # fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere)
     compile: bool = False  # wrap the model in torch.compile
     cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (CUDA, one process)

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr-gamma", type=float, default=0.1, help="StepLR decay factor (default: 0.1)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     parser.add_argument(
-        "--eval-batch-size", type=int, default=256, help="batch size for validation/test (default: 256)"
+        "--eval-batch-size", type=int, default=128, help="batch size for validation/test (default: 128)"
     )
     parser.add_argument(
         "--precision",
