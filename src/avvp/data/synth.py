@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from avvp.config import ConfigMixin
 from avvp.data.classes import CLASSES, NUM_CLASSES, NUM_SEGMENTS
 from avvp.errors import AvvpError
 
@@ -98,7 +99,7 @@ _LABEL_STREAM, _FEATURE_STREAM, _ID_STREAM, _PATTERN_STREAM = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(ConfigMixin):
     """Sizes, seed and every knob of the LLP-Synth generator (defaults: the documented LLP-Synth)."""
 
     train: int = 3000  # training videos (weak labels only); LLP has 10,000 (~7 GB of features)
@@ -133,19 +134,6 @@ class SynthConfig:
             value = getattr(self, field.name)
             if field.type == "float" and value < 0:
                 raise AvvpError(f"SynthConfig.{field.name} = {value}: must be >= 0")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SynthConfig:
-        """A config from a dict (e.g. a saved synth.json), rejecting unknown keys."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise AvvpError(f"unknown SynthConfig key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (what synth.json holds)."""
-        return dataclasses.asdict(self)
 
     def sizes(self) -> dict[str, int]:
         """Videos per split, in split order."""
