@@ -35,14 +35,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def features_to_tensors(features: Features, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three feature arrays as float32 tensors on `device` (no copy where numpy memory can be shared)."""
-    return tuple(
-        torch.as_tensor(np.asarray(array), dtype=torch.float32).to(device)
-        for array in (features.audio, features.res152, features.r2plus1d)
-    )
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module,

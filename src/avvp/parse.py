@@ -173,20 +173,13 @@ def build_events(
 
 def predict_windows(model, audio, res152, r2plus1d, device=None, stride: int = DEFAULT_STRIDE, batch_size: int = 32):
     """Run ``model`` over the windows of one video's features and combine them (eval mode, no gradients)."""
-    import torch
+    from avvp.data.features import Features
+    from avvp.inference import predict
 
     num_seconds = len(audio)
     starts = window_starts(num_seconds, stride=stride)
-    windows = window_features(audio, res152, r2plus1d, starts)
-    outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("audio", "visual", "video", "audio_video", "visual_video")}
-    model.eval()
-    with torch.inference_mode():
-        for first in range(0, len(starts), batch_size):
-            batch = [torch.from_numpy(np.ascontiguousarray(w[first : first + batch_size])).to(device) for w in windows]
-            result = model(*batch)
-            for key, collected in outputs.items():
-                collected.append(getattr(result, key).float().cpu().numpy())
-    merged = {key: np.concatenate(values) for key, values in outputs.items()}
+    windows = Features(*window_features(audio, res152, r2plus1d, starts))
+    merged = predict(model, windows, batch_size=batch_size, device=device or "cpu")
     return starts, combine_windows(
         starts,
         num_seconds,

@@ -112,7 +112,7 @@ def run_parse(args: argparse.Namespace) -> int:
     import numpy as np
 
     from avvp.cli.common import resolve_annotations
-    from avvp.data.annotations import load_split
+    from avvp.data.annotations import load_split, video_id
     from avvp.errors import AvvpError
     from avvp.reports.plots import plot_video_parse
 
@@ -131,7 +131,7 @@ def run_parse(args: argparse.Namespace) -> int:
     if missing:
         raise AvvpError(f"{args.predictions}: missing key(s) {', '.join(missing)}")
     names = [str(name) for name in arrays["filenames"].tolist()]
-    rows = [i for i, name in enumerate(names) if name == args.video or name[:11] == args.video]
+    rows = [i for i, name in enumerate(names) if args.video in (name, video_id(name))]
     if len(rows) != 1:
         what = "not in" if not rows else f"matches {len(rows)} videos of"
         raise AvvpError(f"{args.predictions}: video {args.video!r} {what} the file; give its full filename")

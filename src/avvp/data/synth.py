@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from avvp.config import ConfigMixin
+from avvp.data.annotations import video_id
 from avvp.data.classes import CLASSES, NUM_CLASSES, NUM_SEGMENTS
 from avvp.errors import AvvpError
 
@@ -224,9 +225,9 @@ def _video_labels(rng: np.random.Generator) -> tuple[list[int], np.ndarray, np.n
 
 def _video_filename(rng: np.random.Generator) -> str:
     """`<11-char id>_<start>_<end>`: a YouTube-like id and a 10 s window."""
-    video_id = "".join(_ID_ALPHABET[rng.integers(0, len(_ID_ALPHABET), 11)])
+    youtube_id = "".join(_ID_ALPHABET[rng.integers(0, len(_ID_ALPHABET), 11)])
     start = int(rng.integers(0, 300))
-    return f"{video_id}_{start}_{start + 10}"
+    return f"{youtube_id}_{start}_{start + 10}"
 
 
 def _split_labels(split: str, count: int, seed: int, taken_ids: set[str]) -> SynthLabels:
@@ -241,9 +242,9 @@ def _split_labels(split: str, count: int, seed: int, taken_ids: set[str]) -> Syn
         )
         id_rng = np.random.default_rng(_seed_sequence(seed, split, index, _ID_STREAM))
         filename = _video_filename(id_rng)
-        while filename[:11] in taken_ids:
+        while video_id(filename) in taken_ids:
             filename = _video_filename(id_rng)
-        taken_ids.add(filename[:11])
+        taken_ids.add(video_id(filename))
         filenames.append(filename)
         class_order.append(classes)
     labels = audio.any(1) | visual.any(1)  # [N, C]
@@ -512,9 +513,9 @@ def generate(
             labels = splits[split]
             rng = np.random.default_rng(_seed_sequence(config.seed, split, index, _FEATURE_STREAM))
             arrays = _video_features(labels.audio[index], labels.visual[index], rng, patterns, config)
-            video_id = labels.filenames[index][:11]
+            vid = video_id(labels.filenames[index])
             for folder, array in zip(FEATURE_SHAPES, arrays):
-                _save_npy(staging / "feats" / folder / f"{video_id}.npy", array)
+                _save_npy(staging / "feats" / folder / f"{vid}.npy", array)
             return sum(array.nbytes for array in arrays)
 
         feature_bytes = 0
