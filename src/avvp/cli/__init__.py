@@ -40,15 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Weakly-supervised audio-visual video parsing (MGN, HAN) on LLP and data in its layout.",
     )
     parser.add_argument("--version", action="version", version=f"avvp {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print details (e.g. every ignored annotation row)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print details (e.g. every ignored annotation row)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"avvp.cli.{name}").register(subparsers)
     for subparser in subparsers.choices.values():
         # `avvp COMMAND --verbose` works as well as `avvp --verbose COMMAND`.
-        subparser.add_argument(
-            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details"
-        )
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")
     return parser
 
 
