@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,14 @@ TINY_ARGS = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "-
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One tiny demo run (tiny models, 2 epochs): its folder and what it printed."""
+    """One tiny demo run (tiny models, 2 epochs): its folder and what it printed (stdout and stderr, as in a log
+    file: not a terminal)."""
     import contextlib
     import io
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         status = main(["demo", "--out", str(out), *TINY_ARGS, "--device", "cpu"])
     assert status == 0
     return out, printed.getvalue()
@@ -82,6 +84,15 @@ def test_report_and_its_figures_exist_and_decode(demo_run):
         assert any(line.startswith(title) for line in printed.splitlines())
     assert "Scale: LLP-Synth 32 train / 12 val / 12 test videos" in printed
     assert "StepLR every 1" in printed  # 2 epochs: the recipe's 10 of 40, rounded, at least 1
+
+
+def test_a_log_gets_one_line_per_epoch_and_no_progress_bars(demo_run):
+    """`make demo > log 2>&1` is not a terminal: no bar redraws, one line per model and epoch."""
+    _, printed = demo_run
+    assert "\r" not in printed and "step/s" not in printed and "video/s" not in printed
+    epoch_lines = [line for line in printed.splitlines() if re.fullmatch(r"epoch [12]/2: loss .*Type@AV.*", line)]
+    assert len(epoch_lines) == 4  # HAN and MGN, 2 epochs each
+    assert len(printed.splitlines()) < 40
 
 
 def test_a_second_run_reuses_the_data_and_replaces_the_runs(demo_run, capsys):

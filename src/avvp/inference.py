@@ -46,14 +46,14 @@ def predict(
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run `model` over every video of `features` in batches; returns float32 arrays keyed as `PREDICTION_KEYS`."""
-    from tqdm.auto import tqdm
+    from avvp.utils import progress_bar
 
     device = torch.device(device)
     model.eval()
     count = len(features.audio)
     outputs: dict[str, list[np.ndarray]] = {key: [] for key in PREDICTION_KEYS}
     starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
+    for start in progress_bar(starts, progress=progress, desc="predict", unit="batch", leave=False):
         stop = min(start + batch_size, count)
         audio, res152, r2plus1d = (
             torch.as_tensor(np.asarray(array[start:stop]), dtype=torch.float32).to(device, non_blocking=True)

@@ -277,7 +277,7 @@ def run_sweep(
 ) -> SweepReport:
     """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in
     `python -m avvp train` subprocesses. A failed run is reported and the others go on."""
-    from tqdm.auto import tqdm
+    from avvp.utils import progress_bar
 
     features, annotations = Path(features).resolve(), Path(annotations).resolve()
     report = SweepReport()
@@ -295,7 +295,7 @@ def run_sweep(
     out_dir = runs[0].run_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     with _SweepLock(out_dir):
-        bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, position=0)
+        bar = progress_bar(progress=progress, total=len(todo), desc="sweep", unit="run", position=0)
         if len(slots) == 1:
             _run_in_process(todo, features, annotations, slots[0], report, bar)
         else:

@@ -397,9 +397,8 @@ def train(
     Writes into `out_dir`: config.json, metrics.jsonl (one line per epoch), best.safetensors/.json (best validation
     segment-level Type@AV), last.pt (full state for `--resume`), test_scores.json.
     """
-    from tqdm.auto import tqdm
-
     from avvp.metrics import format_scores
+    from avvp.utils import progress_bar
 
     device = torch.device(device)
     dist_ctx = init_distributed(device)
@@ -480,11 +479,8 @@ def train(
         model.train()
         order = torch.randperm(count, generator=shuffle_generator).to(labels_all.device)
         steps = math.ceil(count / config.batch_size)
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="step",
-            disable=not (progress and dist_ctx.is_main),
+        bar = progress_bar(
+            range(steps), progress=progress and dist_ctx.is_main, desc=f"epoch {epoch}/{config.epochs}", unit="step"
         )
         batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(steps)]
         if config.stream:
@@ -538,8 +534,8 @@ def train(
             _append_jsonl(metrics_path, record)
             type_score = val_scores.segment["type"]
             msg = (
-                f"epoch {epoch}: loss {epoch_losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
-                f"Event@AV {val_scores.segment['event']:.2f}"
+                f"epoch {epoch}/{config.epochs}: loss {epoch_losses['total']:.4f}, val segment Type@AV "
+                f"{type_score:.2f} Event@AV {val_scores.segment['event']:.2f} ({epoch_train_seconds:.0f} s)"
             )
             if type_score > best_type:
                 best_type, best_epoch = type_score, epoch
@@ -549,7 +545,8 @@ def train(
                     metadata={"epoch": epoch, "val": record["val"], "train": config.to_dict()},
                 )
                 msg += " (best)"
-            log.info(msg)
+            if progress:
+                print(msg, flush=True)  # one line per epoch, also where no progress bar is drawn (logs, CI)
             atomic_torch_save(
                 {
                     "model": plain.state_dict(),

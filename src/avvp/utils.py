@@ -1,9 +1,11 @@
-"""Small shared helpers: atomic file writes (a killed process never leaves a half-written file)."""
+"""Small shared helpers: atomic file writes (a killed process never leaves a half-written file) and progress bars
+that only draw on a terminal."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,3 +43,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def interactive() -> bool:
+    """Whether progress bars can redraw in place: stderr (where tqdm draws) is a terminal."""
+    return sys.stderr.isatty()
+
+
+def progress_bar(iterable: Any = None, *, progress: bool = True, **kwargs: Any):
+    """A tqdm bar, drawn only when `progress` and on a terminal: in a log file or CI, long work reports one line
+    per step of its own (e.g. per epoch) instead of hundreds of redraws."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not (progress and interactive()), **kwargs)

@@ -96,7 +96,7 @@ class FeatureFolder:
 
         `progress` shows a progress bar labelled `desc`.
         """
-        from tqdm.auto import tqdm
+        from avvp.utils import progress_bar
 
         count = len(video_ids)
         res152_shape = (10, 2048) if pooled else FEATURE_DIRS["res152"][1]
@@ -112,7 +112,7 @@ class FeatureFolder:
             features.res152[row] = pool_res152(res152) if pooled else res152
             features.r2plus1d[row] = r2plus1d
 
-        bar = tqdm(total=count, desc=desc or f"features {self.root.name}", unit="video", disable=not progress)
+        bar = progress_bar(progress=progress, total=count, desc=desc or f"features {self.root.name}", unit="video")
         with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
             for _ in pool.map(fill, range(count)):  # re-raises the first error in order
                 bar.update()
@@ -120,15 +120,15 @@ class FeatureFolder:
 
     def check(self, video_ids: Sequence[str], *, progress: bool = False) -> None:
         """Validate every feature file of `video_ids` without keeping them; raises AvvpError on the first problem."""
-        from tqdm.auto import tqdm
+        from avvp.utils import progress_bar
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for _ in tqdm(
+            for _ in progress_bar(
                 pool.map(self.read_video, video_ids),
+                progress=progress,
                 total=len(video_ids),
                 desc=f"check {self.root.name}",
                 unit="video",
-                disable=not progress,
             ):
                 pass
 

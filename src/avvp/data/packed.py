@@ -79,9 +79,7 @@ def write_pack(
     progress: bool = True,
 ) -> Path:
     """Write a pack atomically; `read_video(video_id)` returns validated (audio, res152 [80 or 10], r2plus1d)."""
-    from tqdm.auto import tqdm
-
-    from avvp.utils import atomic_path
+    from avvp.utils import atomic_path, progress_bar
 
     if dtype not in _DTYPES:
         raise AvvpError(f"pack dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
@@ -113,8 +111,8 @@ def write_pack(
 
         with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
             items = list(enumerate(video_ids))
-            for _ in tqdm(
-                pool.map(fill, items), total=len(items), desc=f"pack {path.name}", unit="video", disable=not progress
+            for _ in progress_bar(
+                pool.map(fill, items), progress=progress, total=len(items), desc=f"pack {path.name}", unit="video"
             ):
                 pass
         for array in maps.values():

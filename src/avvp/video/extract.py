@@ -105,7 +105,7 @@ def extract_videos(
     videos: list[Path], out: Path, source: WeightSource, device=None, workers: int = 2, progress: bool = True
 ) -> ExtractReport:
     """Extract features of ``videos`` into ``out``; bad videos are reported, not raised."""
-    from tqdm import tqdm
+    from avvp.utils import progress_bar
 
     from avvp.video.backbones import FeatureExtractor
     from avvp.video.decode import decode_video
@@ -123,7 +123,7 @@ def extract_videos(
     extractor = FeatureExtractor(source, device=device)
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(todo), unit="video", desc="extract", disable=not progress) as bar,
+        progress_bar(progress=progress, total=len(todo), unit="video", desc="extract") as bar,
     ):
         pending: deque = deque()
         queue = iter(todo)
