@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -83,7 +84,7 @@ def test_report_and_its_figures_exist_and_decode(demo_run):
         assert f"| {title} |" in report
         assert any(line.startswith(title) for line in printed.splitlines())
     assert "Scale: LLP-Synth 32 train / 12 val / 12 test videos" in printed
-    assert "StepLR every 1" in printed  # 2 epochs: the recipe's 10 of 40, rounded, at least 1
+    assert "StepLR every 10" in printed  # the recipe's step, unscaled: no decay in 2 epochs
 
 
 def test_a_log_gets_one_line_per_epoch_and_no_progress_bars(demo_run):
@@ -115,9 +116,19 @@ def test_scale_arguments_are_checked(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize(("epochs", "step"), [(40, 10), (12, 3), (10, 2), (6, 2), (2, 1), (1, 1)])
-def test_lr_step_scales_with_the_epochs(epochs, step):
-    assert DemoConfig(epochs=epochs).lr_step == step
+def test_one_recipe_for_both_models_with_the_recipe_step_unscaled(tmp_path, capsys):
+    """The demo trains both models with the same recipe: the authors' batch, rate and StepLR step (10 epochs, not
+    scaled with the 12 epochs, so MGN gets ~940 steps at the full rate), differing only in the model."""
+    from avvp.train import TrainConfig
+
+    config = DemoConfig()
+    han, mgn = config.train_config("han"), config.train_config("mgn")
+    assert dataclasses.replace(han, model="mgn") == mgn
+    expected = TrainConfig(model="mgn", epochs=12, batch_size=16, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=0)
+    assert mgn == expected
+    assert "StepLR every 10" in config.scale_text()
+    assert main(["demo", "--out", str(tmp_path / "d"), "--lr-step", "0"]) == 2
+    assert "--lr-step 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_pick_video_prefers_several_classes_with_modality_differences():

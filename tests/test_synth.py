@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -125,9 +126,10 @@ def test_features_shapes_dtypes_and_ranges(small_set):
     assert (np.abs(np.diff(frames, axis=2)).mean(-1) > 0.1).all()
 
 
-def test_features_carry_the_class_patterns(small_set):
-    """An audible event moves its segments' audio features along its class pattern: the mean difference between
-    segments where Speech is heard and where it is not points along the Speech pattern (the signal to learn)."""
+def test_features_carry_the_class_prototypes(small_set):
+    """An audible event moves its segments' audio latent along its class prototype, which the fixed random layer
+    maps into VGGish space: the mean difference between segments where Speech is heard and where it is not points
+    along the mapped Speech prototype (the signal to learn)."""
     out, _ = small_set
     labels = sample_labels(120, seed=SMALL.seed, split="test")
     audio = np.stack([video_features(labels, i, "test", SMALL)[0] for i in range(120)])  # [N, 10, 128]
@@ -135,9 +137,55 @@ def test_features_carry_the_class_patterns(small_set):
     np.testing.assert_array_equal(audio, FeatureFolder(out / "feats").load(ids).audio)
     speech = labels.audio[:, :, CLASSES.index("Speech")]  # [N, 10]
     difference = audio[speech].mean(0) - audio[~speech].mean(0)  # [128]
-    pattern = synth._make_patterns(SMALL).audio[CLASSES.index("Speech")]  # [128]
-    cosine = difference @ pattern / (np.linalg.norm(difference) * np.linalg.norm(pattern))
+    model = synth._make_model(SMALL)
+    direction = model.audio_prototypes[CLASSES.index("Speech")] @ model.vggish.weight  # [128]
+    cosine = difference @ direction / (np.linalg.norm(difference) * np.linalg.norm(direction))
     assert cosine > 0.7  # random directions in 128-d: |cosine| ~ 0.09
+
+
+def test_event_evidence_is_intermittent_with_context_around_it():
+    """Inside an event a segment carries the full amplitude with probability 1 - intermittency, else the context
+    level; outside, a present class shows at the context level, an absent one not at all."""
+    config = dataclasses.replace(SynthConfig(), intermittency=0.6, temporal_context=0.3)
+    mask = np.zeros((10, 25), dtype=bool)
+    mask[:6, 0] = True  # class 0: an event in segments 0-5; classes 1-24 absent
+    amplitude = np.full(25, 0.8, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    activity = np.stack([synth._activity(mask, amplitude, rng, config) for _ in range(2000)])  # [2000, 10, 25]
+    inside = activity[:, :6, 0]
+    full = np.isclose(inside, 0.8)
+    assert np.all(full | np.isclose(inside, 0.24))
+    assert full.mean() == pytest.approx(0.4, abs=0.02)
+    np.testing.assert_allclose(activity[:, 6:, 0], 0.24, rtol=1e-6)
+    assert not activity[:, :, 1:].any()
+
+
+def test_features_have_a_low_dimensional_structure(small_set):
+    """Like features of a pretrained network, the segment features have a low intrinsic dimension: the top
+    `latent_dim` principal components of the (linearly mapped) VGGish features hold almost all their variance."""
+    out, _ = small_set
+    ids = [name[:11] for name in read_weak_labels(out / "AVVP_test_pd.csv").filenames]
+    audio = FeatureFolder(out / "feats").load(ids).audio.reshape(-1, 128)  # [N * 10, 128]
+    spectrum = np.linalg.svd(audio - audio.mean(0), compute_uv=False) ** 2
+    top = spectrum[: SMALL.latent_dim].sum() / spectrum.sum()
+    assert top > 0.95  # 64 of 128 directions; feature noise (std 0.1) is the rest
+    assert spectrum[: SMALL.latent_dim // 2].sum() / spectrum.sum() < top - 0.05  # not lower-dimensional still
+
+
+def test_a_stale_folder_of_another_generator_version_is_not_reused(tmp_path):
+    """synth.json records the generator version; a folder of v1 (no version field) gives no config."""
+    config = SynthConfig(train=3, val=2, test=2, seed=0)
+    generate(tmp_path / "data", config, progress=False)
+    recorded = json.loads((tmp_path / "data" / "synth.json").read_text())
+    assert recorded["version"] == synth.GENERATOR_VERSION == 2
+    assert synth.folder_version(tmp_path / "data") == 2
+    old = {key: value for key, value in recorded.items() if key in ("train", "val", "test", "seed")}
+    old.update(audio_strength=0.5, res152_strength=0.24)  # what v1 wrote: no version, its own knobs
+    (tmp_path / "data" / "synth.json").write_text(json.dumps(old))
+    assert synth.folder_version(tmp_path / "data") == 1
+    assert load_config(tmp_path / "data") is None
+    with pytest.raises(AvvpError, match="v2 only"):
+        SynthConfig(version=1)
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -34,7 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=defaults.epochs,
         metavar="N",
-        help=f"training epochs; the StepLR step is scaled with them, 10 per 40 (default {defaults.epochs})",
+        help=f"training epochs of both models (default {defaults.epochs})",
+    )
+    parser.add_argument(
+        "--lr-step",
+        type=int,
+        default=defaults.lr_step,
+        metavar="N",
+        help=f"StepLR step in epochs, decay x0.1 (default {defaults.lr_step}, the recipe's, so that MGN gets enough "
+        "steps at the full rate; with --epochs at most this there is no decay)",
     )
     parser.add_argument(
         "--seed",
@@ -57,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from avvp.demo import TINY_MODEL_OVERRIDES, DemoConfig, run_demo
     from avvp.errors import AvvpError
 
-    for name in ("train", "val", "test", "epochs"):
+    for name in ("train", "val", "test", "epochs", "lr_step"):
         if getattr(args, name) < 1:
-            raise AvvpError(f"--{name} {getattr(args, name)}: must be at least 1")
+            raise AvvpError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
     config = DemoConfig(
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         val=args.val,
         test=args.test,
         epochs=args.epochs,
+        lr_step=args.lr_step,
         seed=args.seed,
         model_overrides=TINY_MODEL_OVERRIDES if args.tiny_models else {},
     )
