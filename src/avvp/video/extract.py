@@ -106,7 +106,6 @@ def extract_videos(
 ) -> ExtractReport:
     """Extract features of ``videos`` into ``out``; bad videos are reported, not raised."""
     from avvp.utils import progress_bar
-
     from avvp.video.backbones import FeatureExtractor
     from avvp.video.decode import decode_video
 
