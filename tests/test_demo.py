@@ -110,6 +110,24 @@ def test_a_second_run_reuses_the_data_and_replaces_the_runs(demo_run, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["data", "figures", "report.md", "results.json", "runs"]
 
 
+def test_a_cache_of_another_generator_version_is_regenerated(tmp_path, capsys):
+    """A demo folder whose data was written by LLP-Synth v1 (synth.json without a version) is not reused."""
+    from avvp.demo import prepare_data
+
+    config = SynthConfig(train=6, val=4, test=4, seed=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "synth.json").write_text(json.dumps({"train": 6, "val": 4, "test": 4, "seed": 2, "nuisance": 0.6}))
+    (data / "AVVP_train.csv").write_text("filename\tevent_labels\n")  # stale v1 files
+    _, reused = prepare_data(data, config, progress=False)
+    assert not reused
+    assert "holds LLP-Synth v1: regenerating it as v2" in capsys.readouterr().out
+    assert load_config(data) == config
+    assert len(load_split(data, "train").filenames) == 6
+    _, reused = prepare_data(data, config, progress=False)
+    assert reused
+
+
 def test_scale_arguments_are_checked(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "0"]) == 2
     assert "--epochs 0: must be at least 1" in capsys.readouterr().err
