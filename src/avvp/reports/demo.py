@@ -179,7 +179,10 @@ def report_markdown(
         (
             "F-scores in percent, segment level then event level. The broadcast oracle copies each test video's true "
             "video-level labels to all 10 segments of both modalities: it knows what occurs, not when or whether "
-            "heard or seen. MB is the size of the float32 weights; training seconds exclude validation."
+            "heard or seen. MB is the size of the float32 weights; training seconds exclude validation. LLP-Synth is "
+            "made to behave like LLP for HAN and MGN trained with the full recipe (docs/synth.md): its numbers are no "
+            "evidence about real LLP, and at the demo's scale MGN, whose class tokens need ~600 steps to separate, "
+            "is far from converged."
         ),
         "",
         "## Training curves",
