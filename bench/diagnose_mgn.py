@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avvp.data.features import Features
+from avvp.inference import predict
 from avvp.metrics import evaluate, parse_predictions
 from avvp.models import create_model
 from avvp.train import DistributedContext, SplitData, TrainConfig, TrainStep, load_split_data, make_optimizer
@@ -254,20 +255,11 @@ def grad_norms(model: nn.Module) -> dict[str, float]:
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def run_eval(model: nn.Module, features: Features, batch_size: int = 150) -> dict[str, np.ndarray]:
-    """Forward over `features` in eval mode: probabilities plus the captured x_v and time-averaged fused input."""
-    model.eval()
-    out: dict[str, list[np.ndarray]] = {"video": [], "visual_video": [], "audio": [], "visual": []}
+    """`avvp.inference.predict` in eval mode, plus the captured x_v and the fused visual input."""
     with capture_outputs(model) as captured:
-        for start in range(0, len(features), batch_size):
-            arrays = (features.audio, features.res152, features.r2plus1d)
-            inputs = [torch.as_tensor(a[start : start + batch_size], dtype=torch.float32) for a in arrays]
-            result = model(*inputs)
-            for key, parts in out.items():
-                parts.append(getattr(result, key).numpy())
+        arrays = predict(model, features, batch_size=batch_size)
     model.train()
-    arrays = {key: np.concatenate(parts) for key, parts in out.items()}
     arrays["x_v"] = torch.cat(captured["x_v"]).numpy()
     arrays["fused"] = torch.cat(captured["fused"]).numpy()
     return arrays

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,8 +50,7 @@ def parse_settings(pairs: list[str]) -> dict[str, float | int]:
 def train_run(model: str, seed: int, data: Path, run_dir: Path, epochs: int, lr_step: int) -> dict:
     """One `avvp train` process (one thread); returns its test scores and validation curve."""
     if not (run_dir / "test_scores.json").exists():
-        if run_dir.exists():
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts again
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "avvp", "train", "--model", model, "--features", str(data / "packs")]
         command += ["--annotations", str(data), "--out", str(run_dir), "--epochs", str(epochs)]
@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
 
     train_videos, epochs, lr_step = RECIPES[args.recipe]
-    config = dataclasses.replace(SynthConfig(), train=train_videos, **parse_settings(args.set))
+    settings = parse_settings(args.set)
+    config = dataclasses.replace(SynthConfig(), train=train_videos, **settings)
     digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     data = args.out / f"data-{digest}"
     prepare_data(data, config, progress=False)
@@ -97,7 +98,7 @@ def main() -> None:
         )
     with open(args.out / "calibration.jsonl", "a") as handle:
         for result in results:
-            record = {"name": args.name, "recipe": args.recipe, "settings": parse_settings(args.set), **result}
+            record = {"name": args.name, "recipe": args.recipe, "settings": settings, **result}
             handle.write(json.dumps(record) + "\n")
     for result in results:
         seg = result["test_segment"]

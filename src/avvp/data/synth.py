@@ -600,9 +600,8 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def folder_version(out_dir: str | os.PathLike) -> int | None:
-    """The LLP-Synth generator version a folder was written by (its synth.json; 1 before versions were recorded),
-    or None for a folder without synth.json."""
+def _read_config_file(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in a folder's synth.json, or None where there is none."""
     path = Path(out_dir) / CONFIG_FILE
     if not path.is_file():
         return None
@@ -612,16 +611,23 @@ def folder_version(out_dir: str | os.PathLike) -> int | None:
         raise AvvpError(f"{path}: not a LLP-Synth config ({err})") from err
     if not isinstance(values, dict):
         raise AvvpError(f"{path}: not a LLP-Synth config (not a JSON object)")
-    return int(values.get("version", 1))
+    return values
+
+
+def folder_version(out_dir: str | os.PathLike) -> int | None:
+    """The LLP-Synth generator version a folder was written by (its synth.json; 1 before versions were recorded),
+    or None for a folder without synth.json."""
+    values = _read_config_file(out_dir)
+    return None if values is None else int(values.get("version", 1))
 
 
 def load_config(out_dir: str | os.PathLike) -> SynthConfig | None:
     """The SynthConfig a folder was generated with (its synth.json), or None for another folder or a folder of
     another generator version (whose features this version would not reproduce: a cache of it is stale)."""
-    if folder_version(out_dir) != GENERATOR_VERSION:
+    values = _read_config_file(out_dir)
+    if values is None or values.get("version", 1) != GENERATOR_VERSION:
         return None
-    path = Path(out_dir) / CONFIG_FILE
     try:
-        return SynthConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return SynthConfig.from_dict(values)
     except (ValueError, TypeError) as err:
-        raise AvvpError(f"{path}: not a LLP-Synth config ({err})") from err
+        raise AvvpError(f"{Path(out_dir) / CONFIG_FILE}: not a LLP-Synth config ({err})") from err
