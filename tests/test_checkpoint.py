@@ -15,7 +15,7 @@ from avvp.data.classes import CLASSES
 from avvp.errors import AvvpError
 from avvp.models import count_parameters, create_model
 
-OUTPUTS = ("video", "audio_video", "visual_video", "audio", "visual")
+OUTPUTS = ("p_av", "p_a", "p_v", "audio", "visual")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -54,7 +54,7 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path) -> None:
     inputs = [torch.from_numpy(a) for a in (features.audio, features.res152, features.r2plus1d)]
     with torch.no_grad():
         one, two = (model(*inputs) for model in models)
-    for key in ("video", "audio_video", "visual_video", "audio", "visual"):
+    for key in ("p_av", "p_a", "p_v", "audio", "visual"):
         torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-4, atol=1e-5, msg=key)
     # only rank 0 writes: one metrics line per epoch, one best checkpoint
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()

@@ -70,21 +70,21 @@ def test_output_shapes_and_values(key):
     with torch.no_grad():
         output = model(*make_inputs(batch=3))
     assert isinstance(output, ParseOutput)
-    for name in ("video", "audio_video", "visual_video"):
+    for name in ("p_av", "p_a", "p_v"):
         assert getattr(output, name).shape == (3, 25)
     for name in ("audio", "visual"):
         assert getattr(output, name).shape == (3, 10, 25)
-    for name in ("video", "audio_video", "visual_video", "audio", "visual"):
+    for name in ("p_av", "p_a", "p_v", "audio", "visual"):
         values = getattr(output, name)
         assert torch.isfinite(values).all(), name
         assert (values >= 0).all(), name
-    for name in ("video", "audio_video", "visual_video"):
+    for name in ("p_av", "p_a", "p_v"):
         assert (getattr(output, name) <= 1).all(), name
     if model.name == "mgn":
         assert output.audio_token_logits.shape == output.visual_token_logits.shape == (25, 25)
         assert output.audio_maps.shape == output.visual_maps.shape == (3, 25, 10)
         # Segment probabilities are the video-level ones weighted by the grouping map.
-        expected = (output.audio_video.unsqueeze(-1) * output.audio_maps).transpose(1, 2)
+        expected = (output.p_a.unsqueeze(-1) * output.audio_maps).transpose(1, 2)
         torch.testing.assert_close(output.audio, expected)
     else:
         assert output.audio_token_logits is None and output.audio_maps is None
@@ -107,7 +107,7 @@ def test_single_video_batches_keep_their_batch_axis(batch):
     for key in ("mgn-soft-soft", "han"):
         with torch.no_grad():
             output = build(key).eval()(*make_inputs(batch=batch))
-        assert output.video.shape == (batch, 25) and output.audio.shape == (batch, 10, 25)
+        assert output.p_av.shape == (batch, 25) and output.audio.shape == (batch, 10, 25)
 
 
 @pytest.mark.parametrize("key", SMALL)
@@ -120,7 +120,7 @@ def test_every_parameter_gets_a_gradient_in_training(key):
             model.visual_class_tokens.normal_(std=0.02)
     torch.manual_seed(1)
     output = model(*make_inputs(batch=4))
-    loss = sum(getattr(output, name).mean() for name in ("video", "audio_video", "visual_video", "audio", "visual"))
+    loss = sum(getattr(output, name).mean() for name in ("p_av", "p_a", "p_v", "audio", "visual"))
     if output.audio_token_logits is not None:
         targets = torch.arange(25)
         loss = loss + F.cross_entropy(output.audio_token_logits, targets)
@@ -137,7 +137,7 @@ def test_eval_mode_is_deterministic(key):
     inputs = make_inputs()
     with torch.no_grad():
         first, second = model(*inputs), model(*inputs)
-    for name in ("video", "audio_video", "visual_video", "audio", "visual"):
+    for name in ("p_av", "p_a", "p_v", "audio", "visual"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
 
 
@@ -166,7 +166,7 @@ def test_per_second_res152_equals_80_frames(key):
     pooled = res152.reshape(3, 10, 8, 2048).mean(dim=2)
     with torch.no_grad():
         from_frames, from_pooled = model(audio, res152, r2plus1d), model(audio, pooled, r2plus1d)
-    for name in ("video", "audio", "visual"):
+    for name in ("p_av", "audio", "visual"):
         torch.testing.assert_close(getattr(from_frames, name), getattr(from_pooled, name), atol=1e-5, rtol=0)
 
 

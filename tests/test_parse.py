@@ -74,9 +74,9 @@ def test_combine_averages_overlaps_and_takes_the_max_filter():
     np.testing.assert_allclose(probs.audio[:, 0], [0.2] * 3 + [0.5] * 7 + [0.8] * 3, rtol=1e-6)
     np.testing.assert_allclose(probs.visual[:, 0], [1.0] * 3 + [0.5] * 7 + [0.0] * 3, rtol=1e-6)
     np.testing.assert_allclose(probs.gate[:, 0], [0.3] * 3 + [0.7] * 10, rtol=1e-6)
-    np.testing.assert_allclose(probs.video, 0.7, rtol=1e-6)
-    np.testing.assert_allclose(probs.audio_video, 0.35, rtol=1e-6)
-    np.testing.assert_allclose(probs.visual_video, 0.175, rtol=1e-6)
+    np.testing.assert_allclose(probs.p_av, 0.7, rtol=1e-6)
+    np.testing.assert_allclose(probs.p_a, 0.35, rtol=1e-6)
+    np.testing.assert_allclose(probs.p_v, 0.175, rtol=1e-6)
 
 
 def test_padding_outputs_are_ignored():
@@ -152,7 +152,7 @@ def test_predict_windows_on_one_window_equals_the_model(tiny_mgn):
     assert starts == [0]
     np.testing.assert_allclose(probs.audio, direct.audio[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs.visual, direct.visual[0].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(probs.gate, np.broadcast_to(direct.video[0].numpy(), (10, 25)), rtol=1e-5)
+    np.testing.assert_allclose(probs.gate, np.broadcast_to(direct.p_av[0].numpy(), (10, 25)), rtol=1e-5)
 
 
 def test_predict_windows_on_a_long_video(tiny_mgn):

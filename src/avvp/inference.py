@@ -13,7 +13,10 @@ from avvp.data.features import Features
 from avvp.utils import atomic_path
 
 # Keys of a predictions file besides `filenames`, with their shapes after the batch axis.
+# Keys of a predictions file (and of `predict`'s result) -> per-video shape; "video" is p_av, "audio_video" p_a,
+# "visual_video" p_v (the file format keeps these names).
 PREDICTION_KEYS = {"video": (25,), "audio_video": (25,), "visual_video": (25,), "audio": (10, 25), "visual": (10, 25)}
+OUTPUT_FIELDS = {"video": "p_av", "audio_video": "p_a", "visual_video": "p_v", "audio": "audio", "visual": "visual"}
 
 
 def autocast(device: torch.device, precision: str, *, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -62,7 +65,7 @@ def predict(
         with autocast(device, precision):
             result = model(audio, res152, r2plus1d)
         for key in PREDICTION_KEYS:
-            outputs[key].append(getattr(result, key).float().cpu().numpy())
+            outputs[key].append(getattr(result, OUTPUT_FIELDS[key]).float().cpu().numpy())
     return {
         key: np.concatenate(parts) if parts else np.zeros((0, *PREDICTION_KEYS[key]), np.float32)
         for key, parts in outputs.items()

@@ -39,9 +39,9 @@ class VideoProbabilities:
     audio: np.ndarray  # [L, 25] audio segment probability P_a (mean over covering windows)
     visual: np.ndarray  # [L, 25] visual segment probability P_v (mean over covering windows)
     gate: np.ndarray  # [L, 25] video-level p_av filter per second (max over covering windows)
-    video: np.ndarray  # [25] p_av, max over windows
-    audio_video: np.ndarray  # [25] p_a, max over windows
-    visual_video: np.ndarray  # [25] p_v, max over windows
+    p_av: np.ndarray  # [25] audio-visual video-level probability, max over windows
+    p_a: np.ndarray  # [25] audio video-level probability, max over windows
+    p_v: np.ndarray  # [25] visual video-level probability, max over windows
 
 
 @dataclass
@@ -128,9 +128,9 @@ def combine_windows(
         audio=(audio_sum / covered).astype(np.float32),
         visual=(visual_sum / covered).astype(np.float32),
         gate=gate.astype(np.float32),
-        video=video.max(axis=0).astype(np.float32),
-        audio_video=audio_video.max(axis=0).astype(np.float32),
-        visual_video=visual_video.max(axis=0).astype(np.float32),
+        p_av=video.max(axis=0).astype(np.float32),
+        p_a=audio_video.max(axis=0).astype(np.float32),
+        p_v=visual_video.max(axis=0).astype(np.float32),
     )
 
 

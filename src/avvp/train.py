@@ -108,12 +108,14 @@ def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def compute_losses(output: ParseOutput, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The recipe's loss terms; per-sample terms are [B], the class-token terms are scalars (MGN only)."""
+    """The recipe's loss terms, keyed by what they score: the BCE of the video-level probabilities `p_av`, `p_a`
+    (against y) and `p_v` (against the smoothed 0.9 y + 0.05), each [B]; for MGN also the scalar cross-entropies
+    `audio_tokens` and `visual_tokens` of class token i classified as class i."""
     visual_target = config.visual_target_scale * labels + config.visual_target_shift
     losses = {
-        "video": clamp_bce(output.video, labels),
-        "audio": clamp_bce(output.audio_video, labels),
-        "visual": clamp_bce(output.visual_video, visual_target),
+        "p_av": clamp_bce(output.p_av, labels),
+        "p_a": clamp_bce(output.p_a, labels),
+        "p_v": clamp_bce(output.p_v, visual_target),
     }
     if output.audio_token_logits is not None:
         token_targets = torch.arange(NUM_CLASSES, device=labels.device)
@@ -205,10 +207,11 @@ def subset_split(split: Split, limit: int) -> Split:
 
 
 def score_split(
-    model: nn.Module, data: SplitData, *, batch_size: int, device: torch.device, precision: str
+    model: nn.Module, data: SplitData, *, batch_size: int, device: torch.device
 ) -> tuple[Scores, dict[str, np.ndarray]]:
-    """Predict a whole split in batches and score it with the official metrics."""
-    predictions = predict(model, data.features, batch_size=batch_size, device=device, precision=precision)
+    """Predict a whole split in batches (fp32, as `avvp evaluate` does, whatever the training precision) and score
+    it with the official metrics."""
+    predictions = predict(model, data.features, batch_size=batch_size, device=device, precision="fp32")
     pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
     return evaluate(pred_audio, pred_visual, data.split.audio, data.split.visual), predictions
 
@@ -252,7 +255,7 @@ class TrainStep:
     ) -> None:
         self.model, self.optimizer, self.tensors, self.labels = model, optimizer, tensors, labels
         self.config, self.device, self.precision, self.dist_ctx = config, device, precision, dist_ctx
-        self.keys = ["video", "audio", "visual"] + (["audio_tokens", "visual_tokens"] if _is_mgn(model) else [])
+        self.keys = ["p_av", "p_a", "p_v"] + (["audio_tokens", "visual_tokens"] if _is_mgn(model) else [])
         self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
 
     def run(self, index: torch.Tensor, global_size: int, *, cache_autocast: bool = True) -> None:
@@ -277,7 +280,7 @@ class TrainStep:
         losses = compute_losses(output, labels, self.config)
         # Per-sample terms: sum over the shard / global batch size, times world size because DDP averages
         # gradients over processes; this equals the mean over the global batch in one process.
-        per_sample = losses["video"] + losses["audio"] + losses["visual"]
+        per_sample = losses["p_av"] + losses["p_a"] + losses["p_v"]
         loss = per_sample.sum() / global_size * self.dist_ctx.world_size
         for key in self.keys[3:]:
             loss = loss + losses[key]
@@ -515,9 +518,7 @@ def train(
         train_seconds += epoch_train_seconds
 
         if dist_ctx.is_main:
-            val_scores, _ = score_split(
-                model, val_data, batch_size=config.eval_batch_size, device=device, precision=precision
-            )
+            val_scores, _ = score_split(model, val_data, batch_size=config.eval_batch_size, device=device)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "lr": lr,
@@ -590,7 +591,7 @@ def _score_best_on_test(
 
     model, _ = load_model(out_dir / "best.safetensors", map_location=device)
     test_data = load_split_data(features, annotations, "test")
-    scores, _ = score_split(model, test_data, batch_size=config.eval_batch_size, device=device, precision=precision)
+    scores, _ = score_split(model, test_data, batch_size=config.eval_batch_size, device=device)
     meta = json.loads((out_dir / "best.json").read_text()).get("metadata", {})
     payload = {"segment": scores.segment, "event": scores.event, "best_epoch": meta.get("epoch")}
     atomic_write_text(out_dir / "test_scores.json", json.dumps(payload, indent=2) + "\n")

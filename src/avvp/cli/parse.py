@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         "video_probabilities": {
             name: {c: round(float(p), 4) for c, p in zip(CLASSES, values)}
             for name, values in (
-                ("audio-visual", probs.video),
-                ("audio", probs.audio_video),
-                ("visual", probs.visual_video),
+                ("audio-visual", probs.p_av),
+                ("audio", probs.p_a),
+                ("visual", probs.p_v),
             )
         },
         "segment_probabilities": {

@@ -21,11 +21,15 @@ ASSIGN_KINDS = ("soft", "hard")
 
 @dataclass
 class ParseOutput:
-    """What every model returns: probabilities at video and segment level (and MGN's extras)."""
+    """What every model returns: probabilities at video and segment level (and MGN's extras).
 
-    video: Tensor  # [B, 25] audio-visual video-level probability p_av (the weak-label prediction)
-    audio_video: Tensor  # [B, 25] audio video-level probability p_a
-    visual_video: Tensor  # [B, 25] visual video-level probability p_v
+    The video-level probabilities are float32 even under bf16 autocast (computed from float32 logits), so that
+    the clamped BCE sees the same values as in fp32 training. Names as in the spec (section 3).
+    """
+
+    p_av: Tensor  # [B, 25] audio-visual video-level probability (the weak-label prediction; gates the parse)
+    p_a: Tensor  # [B, 25] audio video-level probability
+    p_v: Tensor  # [B, 25] visual video-level probability
     audio: Tensor  # [B, 10, 25] audio segment-level probabilities
     visual: Tensor  # [B, 10, 25] visual segment-level probabilities
     audio_token_logits: Tensor | None = None  # MGN: [25, 25] class head on the audio class tokens

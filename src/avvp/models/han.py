@@ -64,14 +64,15 @@ class HAN(nn.Module):
         visual_out = self.hybrid_attention(visual_segments, audio_segments)  # [B, T, C]
 
         features = torch.stack([audio_out, visual_out], dim=2)  # [B, T, 2, C]
-        segment_probs = torch.sigmoid(self.segment_head(features))  # [B, T, 2, 25]
-        temporal_weights = self.temporal_attention(features).softmax(dim=1)  # [B, T, 2, 25]
-        modality_weights = self.modality_attention(features).softmax(dim=2)  # [B, T, 2, 25]
+        # The pooling runs in float32 from the logits, also under bf16 autocast (see ParseOutput).
+        segment_probs = torch.sigmoid(self.segment_head(features).float())  # [B, T, 2, 25]
+        temporal_weights = self.temporal_attention(features).float().softmax(dim=1)  # [B, T, 2, 25]
+        modality_weights = self.modality_attention(features).float().softmax(dim=2)  # [B, T, 2, 25]
         pooled = temporal_weights * segment_probs  # [B, T, 2, 25]
         return ParseOutput(
-            video=(pooled * modality_weights).sum(dim=(1, 2)),  # [B, 25]
-            audio_video=pooled[:, :, 0].sum(dim=1),  # [B, 25]
-            visual_video=pooled[:, :, 1].sum(dim=1),  # [B, 25]
+            p_av=(pooled * modality_weights).sum(dim=(1, 2)),  # [B, 25]
+            p_a=pooled[:, :, 0].sum(dim=1),  # [B, 25]
+            p_v=pooled[:, :, 1].sum(dim=1),  # [B, 25]
             audio=segment_probs[:, :, 0],  # [B, T, 25]
             visual=segment_probs[:, :, 1],  # [B, T, 25]
         )

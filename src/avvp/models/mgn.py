@@ -103,20 +103,21 @@ class MGN(nn.Module):
         audio_tokens, audio_maps = self.audio_cug(audio_segments, self.audio_class_tokens, visual_segments)
         av_tokens = self.mcg(audio_tokens, visual_tokens)  # [B, 25, C]
 
-        video_probs = torch.sigmoid(self.av_head(av_tokens).squeeze(-1))  # [B, 25]
-        audio_video_probs = torch.sigmoid(self.audio_head(audio_tokens).squeeze(-1))  # [B, 25]
-        visual_video_probs = torch.sigmoid(self.visual_head(visual_tokens).squeeze(-1))  # [B, 25]
+        # Video level, in float32 from the logits (under bf16 autocast a bf16 sigmoid rounds p > ~0.998 to 1).
+        p_av = torch.sigmoid(self.av_head(av_tokens).squeeze(-1).float())  # [B, 25]
+        p_a = torch.sigmoid(self.audio_head(audio_tokens).squeeze(-1).float())  # [B, 25]
+        p_v = torch.sigmoid(self.visual_head(visual_tokens).squeeze(-1).float())  # [B, 25]
 
         # Segment level: video-level probability times the class-grouping map of the unimodal kind.
         audio_map = audio_maps[self.config.unimodal_assign]  # [B, 25, T]
         visual_map = visual_maps[self.config.unimodal_assign]  # [B, 25, T]
-        audio_segment_probs = (audio_video_probs.unsqueeze(-1) * audio_map).transpose(1, 2)  # [B, T, 25]
-        visual_segment_probs = (visual_video_probs.unsqueeze(-1) * visual_map).transpose(1, 2)  # [B, T, 25]
+        audio_segment_probs = (p_a.unsqueeze(-1) * audio_map).transpose(1, 2)  # [B, T, 25]
+        visual_segment_probs = (p_v.unsqueeze(-1) * visual_map).transpose(1, 2)  # [B, T, 25]
 
         return ParseOutput(
-            video=video_probs,
-            audio_video=audio_video_probs,
-            visual_video=visual_video_probs,
+            p_av=p_av,
+            p_a=p_a,
+            p_v=p_v,
             audio=audio_segment_probs,
             visual=visual_segment_probs,
             audio_token_logits=self.class_head(self.audio_class_tokens),  # [25, 25]

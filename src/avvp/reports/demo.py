@@ -20,7 +20,7 @@ ORACLE_TITLE = "broadcast oracle"
 LEVEL_TITLES = {"segment": "Segment-level", "event": "Event-level"}
 SHORT_TRACK_TITLES = {"audio": "A", "visual": "V", "audio_visual": "AV", "type": "Type", "event": "Event"}
 # Per-sample loss terms that HAN and MGN share (MGN adds its class-token terms), so the curves compare.
-SHARED_LOSS_TERMS = ("video", "audio", "visual")
+SHARED_LOSS_TERMS = ("p_av", "p_a", "p_v")
 
 
 @dataclass(frozen=True)
