@@ -38,10 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from avvp.data.features import Features
+from avvp.data.splits import SplitData, load_split_data
+from avvp.distributed import DistributedContext
 from avvp.inference import predict
 from avvp.metrics import evaluate, parse_predictions
 from avvp.models import create_model
-from avvp.train import DistributedContext, SplitData, TrainConfig, TrainStep, load_split_data, make_optimizer
+from avvp.steps import TrainStep, make_optimizer
+from avvp.train import TrainConfig
 
 BRANCHES = (
     "audio_proj",

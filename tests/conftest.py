@@ -47,6 +47,12 @@ def official_fixture() -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_train_fixture() -> Path:
+    """A small authors'-format MGN, four batches and what the authors' training code gives for four Adam steps."""
+    return _shared_path("fixtures", "mgn_official_train_small.npz")
+
+
+@pytest.fixture(scope="session")
 def official_keys_dir() -> Path:
     """Key names and shapes of the authors' released checkpoints."""
     return _shared_path("spec", "official_keys")

@@ -85,7 +85,7 @@ def test_han_rejects_mgn_flags(tiny_llp: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_clamped_bce_equals_torch_bce() -> None:
-    from avvp.train import clamp_bce
+    from avvp.steps import clamp_bce
 
     generator = torch.Generator().manual_seed(0)
     probs = torch.rand(32, 25, generator=generator)

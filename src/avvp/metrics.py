@@ -236,3 +236,24 @@ def format_scores(scores: Scores) -> str:
 def scores_json(scores: Scores) -> str:
     """The scores as JSON text (unrounded, percent): `{"segment": {...}, "event": {...}}`."""
     return json.dumps(scores.as_dict(), indent=2) + "\n"
+
+
+def token_scores(logits: np.ndarray) -> dict[str, float]:
+    """MGN's class tokens: precision, recall and F1 (macro over classes, in percent) of class token i classified as
+    class i, from the class head's [25, 25] logits (row i: token i)."""
+    predicted = np.asarray(logits).argmax(axis=1)  # [25]
+    truth = np.arange(len(predicted))
+    precision, recall, f1 = [], [], []
+    for cls in truth:
+        tp = float(np.sum((predicted == cls) & (truth == cls)))
+        n_pred = float(np.sum(predicted == cls))
+        p = tp / n_pred if n_pred else 0.0
+        r = tp  # exactly one token per class
+        precision.append(p)
+        recall.append(r)
+        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+    return {
+        "precision": 100 * float(np.mean(precision)),
+        "recall": 100 * float(np.mean(recall)),
+        "f1": 100 * float(np.mean(f1)),
+    }

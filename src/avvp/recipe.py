@@ -1,0 +1,32 @@
+"""The training recipe as a configuration (spec section 3), without importing torch: `avvp train --help` and the
+sweep read their defaults from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from avvp.config import ConfigMixin
+
+
+@dataclass(frozen=True)
+class TrainConfig(ConfigMixin):
+    """The training recipe; defaults are the authors' (spec section 3)."""
+
+    model: str = "mgn"  # "mgn" or "han"
+    epochs: int = 40  # passes over the training split
+    batch_size: int = 16  # global batch size (split across processes under torchrun)
+    lr: float = 3e-4  # Adam learning rate
+    lr_step: int = 10  # StepLR: decay every this many epochs
+    lr_gamma: float = 0.1  # StepLR decay factor
+    visual_target_scale: float = 0.9  # the visual video-level target is scale * y + shift (label smoothing)
+    visual_target_shift: float = 0.05
+    seed: int = 1  # seeds initialisation, shuffling, dropout and Gumbel noise
+    eval_batch_size: int = 128  # batch size for validation and test prediction
+    precision: str = "auto"  # fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere)
+    compile: bool = False  # wrap the model in torch.compile
+    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (CUDA, one process)
+    stream: bool = False  # read each batch from disk (DataLoader) instead of holding the train split in memory
+    loader_workers: int = 2  # DataLoader worker processes when streaming
+    max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
