@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from avvp.cli.common import add_annotations_arg, add_device_arg, add_model_args, model_overrides, resolve_annotations
+from avvp.recipe import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the best epoch by validation segment-level Type@AV and score it on test. Launch under torchrun "
         "(`torchrun --nproc_per_node N -m avvp train ...`) for multi-GPU / multi-process training.",
     )
-    parser.add_argument("--model", choices=["mgn", "han"], default="mgn", help="which model (default: mgn)")
+    parser.add_argument(
+        "--model", choices=["mgn", "han"], default=TrainConfig().model, help="which model (default: %(default)s)"
+    )
     parser.add_argument(
         "--features",
         required=True,
@@ -24,20 +27,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_annotations_arg(parser)
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (must be empty unless --resume)")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs (default: 40)")
-    parser.add_argument("--batch-size", type=int, default=16, help="global batch size (default: 16)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
-    parser.add_argument("--lr-step", type=int, default=10, help="StepLR step in epochs (default: 10)")
-    parser.add_argument("--lr-gamma", type=float, default=0.1, help="StepLR decay factor (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    recipe = TrainConfig()  # the flags' defaults: the authors' recipe
+    parser.add_argument("--epochs", type=int, default=recipe.epochs, help="epochs (default: %(default)s)")
     parser.add_argument(
-        "--eval-batch-size", type=int, default=128, help="batch size for validation/test (default: 128)"
+        "--batch-size",
+        type=int,
+        default=recipe.batch_size,
+        help="global batch size, split across processes under torchrun (default: %(default)s)",
+    )
+    parser.add_argument("--lr", type=float, default=recipe.lr, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--lr-step", type=int, default=recipe.lr_step, help="StepLR: decay every N epochs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr-gamma", type=float, default=recipe.lr_gamma, help="StepLR decay factor (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=recipe.seed,
+        help="seed of initialisation, shuffling, dropout and Gumbel noise (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=recipe.eval_batch_size,
+        help="batch size for validation/test (default: %(default)s)",
     )
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere (default: auto)",
+        default=recipe.precision,
+        help="training precision: fp32, or bf16 autocast (the video-level probabilities and the loss stay fp32); "
+        "auto = bf16 on CUDA, fp32 elsewhere; validation and test are scored in fp32 (default: %(default)s)",
     )
     parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     parser.add_argument(
@@ -53,7 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "memory: for data that does not fit; slower",
     )
     parser.add_argument(
-        "--loader-workers", type=int, default=2, help="DataLoader worker processes with --stream (default: 2)"
+        "--loader-workers",
+        type=int,
+        default=recipe.loader_workers,
+        help="DataLoader worker processes with --stream (default: %(default)s)",
     )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -62,11 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from avvp.cli.common import resolve_device
-    from avvp.train import TrainConfig, train
-
-    config = TrainConfig(
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe the flags ask for (with no flags: `TrainConfig()`, the authors' recipe)."""
+    return TrainConfig(
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -83,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from avvp.cli.common import resolve_device
+    from avvp.train import train
+
+    config = config_from_args(args)
     result = train(
         config,
         features=args.features,
@@ -91,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         resume=args.resume,
     )
-    print(
-        f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f}); run folder {result.out_dir}"
-    )
+    if result.test_scores is not None:  # the main process (the others under torchrun have nothing to say)
+        best = f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f})"
+        print(f"{best}; run folder {result.out_dir}")
     return 0
