@@ -59,3 +59,37 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path) -> None:
     # only rank 0 writes: one metrics line per epoch, one best checkpoint
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_one_mgn_step_on_unequal_shards_gives_the_whole_batch_gradient(tmp_path: Path) -> None:
+    """2 gloo processes with shards of 3 and 2 videos: after DDP's averaging every gradient (the class-token terms
+    included) equals that of one process on all 5 videos; and the two processes draw different noise."""
+    from ddp_worker import GLOBAL_BATCH, MODEL, global_batch
+
+    from avvp.distributed import DistributedContext
+    from avvp.recipe import TrainConfig
+    from avvp.steps import TrainStep, make_optimizer
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+    result = subprocess.run(
+        [*command, str(worker), str(tmp_path)], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    torch.manual_seed(0)
+    model = create_model("mgn", **MODEL).eval()
+    config = TrainConfig(model="mgn", precision="fp32")
+    optimizer = make_optimizer(model, config.lr)
+    stepper = TrainStep(model, optimizer, (), torch.zeros(0), config, torch.device("cpu"), "fp32", DistributedContext())
+    stepper.step(*global_batch(), GLOBAL_BATCH)
+    distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
+    single = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert distributed.keys() == single.keys()
+    assert "audio_class_tokens" in single and single["audio_class_tokens"].abs().sum() > 0
+    for name, grad in single.items():
+        # atol: summation-order rounding (~1e-6 here); a term mis-scaled by the world size is off by half its size
+        torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    noise = [torch.load(tmp_path / f"noise{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert not torch.equal(noise[0], noise[1])
