@@ -83,6 +83,19 @@ def test_parse_a_generated_23_second_video_in_windows(checkpoint, tmp_path, caps
     assert "shapes_and_tones.mp4: 23.0 s" in capsys.readouterr().out
 
 
+def test_parse_video_in_python_returns_what_the_cli_writes(checkpoint, tmp_path, capsys):
+    from avvp.video.parse import parse_video
+    from avvp.video.weights import WeightSource
+
+    video = write_synthetic_video(tmp_path / "shapes_and_tones.mp4", 12.0)
+    out = tmp_path / "parse"
+    assert _parse(video, checkpoint, out, "--stride", "3", "--device", "cpu") == 0
+    result = parse_video(video, checkpoint, weights=WeightSource(folder=None, random=True), stride=3)
+    assert result.to_dict() == json.loads((out / "parse.json").read_text())
+    assert result.window_starts == [0, 2] and result.probabilities.audio.shape == (12, 25)
+    assert f"{len(result.events)} events" in capsys.readouterr().out
+
+
 def test_parse_a_short_video_without_audio(checkpoint, tmp_path, capsys):
     video = write_synthetic_video(tmp_path / "mute.mp4", 4.0, with_audio=False)
     out = tmp_path / "parse"

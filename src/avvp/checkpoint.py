@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from avvp import __version__
 from avvp.data.classes import CLASSES
 from avvp.errors import AvvpError
-from avvp.models import MODEL_NAMES, create_model, make_config
+from avvp.models import MODEL_NAMES, count_parameters, create_model, make_config
 from avvp.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None
         "config": model.config.to_dict(),
         "classes": list(CLASSES),
         "avvp_version": __version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(model),
         "metadata": metadata or {},
     }
     text = json.dumps(record, indent=2) + "\n"

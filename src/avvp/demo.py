@@ -27,11 +27,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from avvp.data.synth import SPLITS, SynthConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from avvp.data.annotations import Split
+    from avvp.data.features import Features
+    from avvp.reports.demo import DemoRow
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +169,7 @@ def run_demo(
 
     from avvp.data.annotations import load_split
     from avvp.data.store import open_features
-    from avvp.data.synth import broadcast_oracle
-    from avvp.inference import save_predictions
-    from avvp.metrics import evaluate, parse_predictions
     from avvp.reports import demo as report
-    from avvp.reports.plots import plot_video_parse
-    from avvp.train import train
-    from avvp.utils import atomic_write_text
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -185,75 +186,138 @@ def run_demo(
         test_split = load_split(out_dir / "data", "test")
         test_features = open_features(packs).load(test_split.video_ids, pooled=True)
         rows: dict[str, report.DemoRow] = {}
-        histories: dict[str, list[dict[str, Any]]] = {}
+        histories: dict[str, list[dict[str, Any]]] = {}  # keyed by model title
         test_predictions: dict[str, dict[str, np.ndarray]] = {}
         for model in MODELS:
-            title = report.MODEL_TITLES[model]
-            print(f"training {title} ({config.epochs} epochs on {config.train:,} videos, device {device}) ...")
             run_dir = staging / "runs" / model
-            result = train(
-                config.train_config(model),
-                features=packs,
-                annotations=out_dir / "data",
-                out_dir=run_dir,
-                device=device,
-                progress=progress,
+            rows[model], histories[report.MODEL_TITLES[model]], test_predictions[model] = _train_and_score(
+                model, config, packs, out_dir / "data", run_dir, test_split, test_features, device, progress
             )
-            predictions = _predict_best(run_dir, test_features, device)
-            save_predictions(run_dir / "test_predictions.npz", test_split.filenames, predictions)
-            (run_dir / "last.pt").unlink(missing_ok=True)  # resume state: not needed for a finished demo run
-            pred_audio, pred_visual = parse_predictions(
-                predictions["audio"], predictions["visual"], predictions["video"]
-            )
-            scores = evaluate(pred_audio, pred_visual, test_split.audio, test_split.visual)
-            rows[model] = report.DemoRow(title, scores.segment, scores.event, result.parameters, result.train_seconds)
-            histories[title] = report.read_history(run_dir)
-            test_predictions[model] = predictions
-
-        oracle_audio, oracle_visual = broadcast_oracle(test_split)
-        oracle_scores = evaluate(oracle_audio, oracle_visual, test_split.audio, test_split.visual)
-        oracle = report.DemoRow(report.ORACLE_TITLE, oracle_scores.segment, oracle_scores.event)
+        oracle = _oracle_row(test_split)
         table_rows = [*(rows[model] for model in MODELS), oracle]
         table = report.text_table(table_rows)
-
-        figures = staging / "figures"
-        figures.mkdir()
-        report.plot_training_curves(histories, figures / "training_curves.png")
-        index = pick_video(test_split.audio, test_split.visual)
-        video_filename = test_split.filenames[index]
-        video_pngs = {}
-        for model in MODELS:
-            png = figures / f"test_video_{model}.png"
-            plot_video_parse(
-                png,
-                filename=f"{report.MODEL_TITLES[model]}, {video_filename}",
-                audio_probs=test_predictions[model]["audio"][index],
-                visual_probs=test_predictions[model]["visual"][index],
-                gt_audio=test_split.audio[index],
-                gt_visual=test_split.visual[index],
-                video_probs=test_predictions[model]["video"][index],
-            )
-            video_pngs[report.MODEL_TITLES[model]] = f"figures/{png.name}"
-
+        video_filename, video_pngs = _write_figures(staging / "figures", histories, test_split, test_predictions)
         dataset = {"train": config.train, "val": config.val, "test": config.test, "seed": config.seed}
         payload = report.results_payload(dataset, {m: rows[m] for m in RESULT_MODEL_ORDER}, oracle)
-        atomic_write_text(staging / "results.json", report.results_json(payload))
-        seconds = time.perf_counter() - started
-        atomic_write_text(
-            staging / "report.md",
-            report.report_markdown(
-                scale_text=config.scale_text(),
-                rows=table_rows,
-                curves_png="figures/training_curves.png",
-                video_pngs=video_pngs,
-                video_filename=video_filename,
-                total_seconds=seconds,
-            ),
-        )
+        seconds = _write_results(staging, payload, config, table_rows, video_filename, video_pngs, started)
         _move_outputs(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return DemoResult(out_dir, payload, table, video_filename, seconds, reused)
+
+
+def _train_and_score(
+    model: str,
+    config: DemoConfig,
+    packs: Path,
+    annotations: Path,
+    run_dir: Path,
+    test_split: Split,
+    test_features: Features,
+    device: torch.device,
+    progress: bool,
+) -> tuple[DemoRow, list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Train one model into `run_dir`, predict the test split with its best checkpoint and score it.
+
+    Returns:
+        (its table row, its training history, its test predictions).
+    """
+    from avvp.inference import save_predictions
+    from avvp.metrics import evaluate, parse_predictions
+    from avvp.reports import demo as report
+    from avvp.train import train
+
+    title = report.MODEL_TITLES[model]
+    print(f"training {title} ({config.epochs} epochs on {config.train:,} videos, device {device}) ...")
+    result = train(
+        config.train_config(model),
+        features=packs,
+        annotations=annotations,
+        out_dir=run_dir,
+        device=device,
+        progress=progress,
+    )
+    predictions = _predict_best(run_dir, test_features, device)
+    save_predictions(run_dir / "test_predictions.npz", test_split.filenames, predictions)
+    (run_dir / "last.pt").unlink(missing_ok=True)  # resume state: not needed for a finished demo run
+    pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
+    scores = evaluate(pred_audio, pred_visual, test_split.audio, test_split.visual)
+    row = report.DemoRow(title, scores.segment, scores.event, result.parameters, result.train_seconds)
+    return row, report.read_history(run_dir), predictions
+
+
+def _oracle_row(test_split: Split) -> DemoRow:
+    """The broadcast oracle's table row: the reference a model should approach."""
+    from avvp.data.synth import broadcast_oracle
+    from avvp.metrics import evaluate
+    from avvp.reports import demo as report
+
+    oracle_audio, oracle_visual = broadcast_oracle(test_split)
+    oracle_scores = evaluate(oracle_audio, oracle_visual, test_split.audio, test_split.visual)
+    return report.DemoRow(report.ORACLE_TITLE, oracle_scores.segment, oracle_scores.event)
+
+
+def _write_figures(
+    figures: Path,
+    histories: dict[str, list[dict[str, Any]]],
+    test_split: Split,
+    test_predictions: dict[str, dict[str, np.ndarray]],
+) -> tuple[str, dict[str, str]]:
+    """The training curves and one test video's timeline per model, in `figures`.
+
+    Returns:
+        (the test video's filename, model title -> its timeline's path relative to the demo folder).
+    """
+    from avvp.reports import demo as report
+    from avvp.reports.plots import plot_video_parse
+
+    figures.mkdir()
+    report.plot_training_curves(histories, figures / "training_curves.png")
+    index = pick_video(test_split.audio, test_split.visual)
+    video_filename = test_split.filenames[index]
+    video_pngs = {}
+    for model in MODELS:
+        png = figures / f"test_video_{model}.png"
+        plot_video_parse(
+            png,
+            filename=f"{report.MODEL_TITLES[model]}, {video_filename}",
+            audio_probs=test_predictions[model]["audio"][index],
+            visual_probs=test_predictions[model]["visual"][index],
+            gt_audio=test_split.audio[index],
+            gt_visual=test_split.visual[index],
+            video_probs=test_predictions[model]["video"][index],
+        )
+        video_pngs[report.MODEL_TITLES[model]] = f"figures/{png.name}"
+    return video_filename, video_pngs
+
+
+def _write_results(
+    staging: Path,
+    payload: dict[str, Any],
+    config: DemoConfig,
+    table_rows: list[DemoRow],
+    video_filename: str,
+    video_pngs: dict[str, str],
+    started: float,
+) -> float:
+    """Write results.json and report.md into `staging`; returns the demo's wall-clock seconds (in report.md)."""
+    from avvp.reports import demo as report
+    from avvp.utils import atomic_write_text
+
+    atomic_write_text(staging / "results.json", report.results_json(payload))
+    seconds = time.perf_counter() - started
+    atomic_write_text(
+        staging / "report.md",
+        report.report_markdown(
+            scale_text=config.scale_text(),
+            rows=table_rows,
+            curves_png="figures/training_curves.png",
+            video_pngs=video_pngs,
+            video_filename=video_filename,
+            total_seconds=seconds,
+        ),
+    )
+    return seconds
 
 
 def _predict_best(run_dir: Path, features, device) -> dict[str, np.ndarray]:

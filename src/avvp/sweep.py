@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from avvp.errors import AvvpError
-from avvp.models import count_parameters, create_model, make_config, paper_table_configs
-from avvp.reports.tables import ModelSize, ResultRow
+from avvp.models import make_config, model_size, paper_table_configs
+from avvp.reports.tables import ResultRow
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -153,30 +153,6 @@ def plan_runs(
             train = dataclasses.replace(base, model=config.model, seed=seed, model_overrides=overrides)
             runs.append(PlannedRun(config, seed, train, out_dir / f"{config.name}-seed{seed}"))
     return runs
-
-
-def model_size(model: str, overrides: dict[str, Any]) -> ModelSize:
-    """Parameters of a configuration, counted on a model built on the meta device (no memory, no init work).
-
-    HAN also gets the count of the authors' released checkpoint, which holds modules its forward never uses.
-    """
-    import torch
-
-    from avvp.models.han import official_unused_shapes
-
-    with torch.device("meta"):
-        parameters = count_parameters(create_model(model, **overrides))
-    if model != "han":
-        return ModelSize(parameters)
-    unused = sum(_numel(shape) for shape in official_unused_shapes(make_config("han", **overrides)).values())
-    return ModelSize(parameters, released_parameters=parameters + unused)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,7 +447,7 @@ def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> 
     rows = []
     for config in configs:
         seeds, segment, event = [], [], []
-        size = model_size(config.model, next(r.train.model_overrides for r in runs if r.config == config))
+        size = model_size(config.model, **next(r.train.model_overrides for r in runs if r.config == config))
         for run in runs:
             path = run.run_dir / "test_scores.json"
             if run.config != config or not path.exists():

@@ -18,26 +18,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avvp.models import model_size_table
+    from avvp.models import ModelSize, model_size_table
 
-    rows = model_size_table()
+    rows = []  # HAN twice: the parameters its forward uses, and its released checkpoint (what the paper counts)
+    for label, name, overrides, size, paper_mb in model_size_table():
+        if size.released_parameters is None:
+            counts = [(size.parameters, paper_mb, "dim 128")]
+        else:
+            counts = [
+                (size.parameters, None, "used by the forward pass"),
+                (size.released_parameters, paper_mb, "as released"),
+            ]
+        for parameters, paper, note in counts:
+            rows.append(
+                {
+                    "label": label,
+                    "model": name,
+                    "overrides": overrides,
+                    "parameters": parameters,
+                    "mb": ModelSize.to_megabytes(parameters),
+                    "paper_mb": paper,
+                    "note": note,
+                }
+            )
     if args.json:
-        payload = [
-            {
-                "label": row.label,
-                "model": row.model,
-                "overrides": row.overrides,
-                "parameters": row.parameters,
-                "mb": round(row.megabytes, 1),
-                "paper_mb": row.paper_mb,
-                "note": row.note,
-            }
-            for row in rows
-        ]
-        print(json.dumps(payload, indent=2))
+        print(json.dumps([row | {"mb": round(row["mb"], 1)} for row in rows], indent=2))
         return 0
     print(f"{'model':<13} {'parameters':>11} {'MB':>6} {'paper MB':>9}  note")
     for row in rows:
-        paper = f"{row.paper_mb:.0f}" if row.paper_mb is not None else "-"
-        print(f"{row.label:<13} {row.parameters:>11,} {row.megabytes:>6.1f} {paper:>9}  {row.note}")
+        paper = f"{row['paper_mb']:.0f}" if row["paper_mb"] is not None else "-"
+        print(f"{row['label']:<13} {row['parameters']:>11,} {row['mb']:>6.1f} {paper:>9}  {row['note']}")
     return 0

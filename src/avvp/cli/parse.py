@@ -36,15 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from avvp.checkpoint import load_model
     from avvp.cli.common import resolve_device
     from avvp.data.classes import CLASSES
     from avvp.errors import AvvpError
-    from avvp.parse import build_events, predict_windows
     from avvp.reports.timeline import plot_timeline
     from avvp.utils import atomic_path
-    from avvp.video.backbones import FeatureExtractor
-    from avvp.video.decode import decode_video
+    from avvp.video.parse import parse_video
     from avvp.video.weights import RANDOM_WEIGHTS_WARNING, resolve_weights
 
     if args.stride < 1:
@@ -57,51 +54,27 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_weights(args)
     if source.random:
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    model, info = load_model(
+    result = parse_video(
+        video_path,
         args.checkpoint,
+        weights=source,
+        device=device,
+        stride=args.stride,
+        threshold=args.threshold,
         unimodal_assign=args.unimodal_assign,
         crossmodal_assign=args.crossmodal_assign,
-        map_location=device,
     )
-    video = decode_video(video_path)
-    features = FeatureExtractor(source, device=device)(video)
-    starts, probs = predict_windows(
-        model, features.audio, features.res152, features.r2plus1d, device=device, stride=args.stride
-    )
-    events = build_events(probs, threshold=args.threshold)
 
-    record = {
-        "video": str(video_path),
-        "duration": round(video.duration, 3),
-        "num_seconds": video.num_seconds,
-        "has_audio": video.has_audio,
-        "random_weights": source.random,
-        "model": {"name": info["model"], "checkpoint": str(args.checkpoint), "format": info["format"]},
-        "windows": {"length": 10, "stride": args.stride, "starts": starts},
-        "threshold": args.threshold,
-        "events": [event.to_dict() for event in events],
-        "video_probabilities": {
-            name: {c: round(float(p), 4) for c, p in zip(CLASSES, values)}
-            for name, values in (
-                ("audio-visual", probs.p_av),
-                ("audio", probs.p_a),
-                ("visual", probs.p_v),
-            )
-        },
-        "segment_probabilities": {
-            name: [[round(float(p), 4) for p in row] for row in values]
-            for name, values in (("audio", probs.audio), ("visual", probs.visual), ("video_filter", probs.gate))
-        },
-    }
-    title = f"{video_path.name} ({video.num_seconds} s), {info['model'].upper()} {Path(args.checkpoint).name}"
+    title = f"{video_path.name} ({result.num_seconds} s), {result.model.upper()} {Path(args.checkpoint).name}"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "timeline.png") as png_tmp, atomic_path(out / "parse.json") as json_tmp:
-        plot_timeline(png_tmp, events, video.num_seconds, title, CLASSES, random_weights=source.random)
-        json_tmp.write_text(_compact_json(record), encoding="utf-8")
+        plot_timeline(png_tmp, result.events, result.num_seconds, title, CLASSES, random_weights=source.random)
+        json_tmp.write_text(_compact_json(result.to_dict()), encoding="utf-8")
 
+    events = result.events
     flag = "  [RANDOM WEIGHTS: not a real parse]" if source.random else ""
-    audio_note = "" if video.has_audio else ", no audio track (parsed as silence)"
-    print(f"{video_path.name}: {video.duration:.1f} s{audio_note}, {info['model'].upper()}, {len(events)} events{flag}")
+    audio_note = "" if result.has_audio else ", no audio track (parsed as silence)"
+    print(f"{video_path.name}: {result.duration:.1f} s{audio_note}, {result.model.upper()}, {len(events)} events{flag}")
     for event in events[:20]:
         name = event.class_name.replace("_", " ")
         print(f"  {event.onset:>5d}-{event.offset:<5d}s  {name:<24s} {event.modality:<13s} {event.confidence:.2f}")

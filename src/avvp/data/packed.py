@@ -152,15 +152,3 @@ def open_pack(path: str | Path) -> Pack:
     except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as err:
         raise AvvpError(f"{path}: cannot read as an avvp pack: {err}") from err
     return Pack(path, video_ids, arrays, dtype)
-
-
-def is_pack(path: str | Path) -> bool:
-    """Whether `path` is a file with the pack header (cheap check)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        open_pack(path)
-    except AvvpError:
-        return False
-    return True

@@ -120,20 +120,44 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @dataclass(frozen=True)
-class SizeRow:
-    """One row of the model-size table (the paper's supplement, Table 1)."""
+class ModelSize:
+    """Parameter count of a configuration; HAN also has the (larger) count of its released checkpoint."""
 
-    label: str  # e.g. "MGN (3,3,6)"
-    model: str  # 'mgn' or 'han'
-    overrides: dict[str, Any]  # config overrides for `create_model`
-    parameters: int  # parameter count
-    paper_mb: float | None  # the size the paper reports, in MB, where it reports one
-    note: str = ""  # what is counted
+    parameters: int  # parameters the forward pass uses
+    released_parameters: int | None = None  # HAN: the authors' checkpoint also holds modules the forward never uses
+
+    @staticmethod
+    def to_megabytes(parameters: int) -> float:
+        """Size of float32 weights in MB (10^6 bytes), as the paper counts it."""
+        return parameters * 4 / 1e6
 
     @property
     def megabytes(self) -> float:
-        """Size of the float32 weights in MB (10^6 bytes)."""
-        return self.parameters * 4 / 1e6
+        return self.to_megabytes(self.parameters)
+
+    @property
+    def released_megabytes(self) -> float | None:
+        return None if self.released_parameters is None else self.to_megabytes(self.released_parameters)
+
+
+def model_size(name: str, **overrides: Any) -> ModelSize:
+    """Parameters of a configuration, counted on a model built on the meta device (no memory, no init work).
+
+    HAN also gets the count of the authors' released checkpoint, which holds modules its forward never uses
+    (the paper's 36 MB counts those).
+    """
+    import math
+
+    import torch
+
+    with torch.device("meta"):
+        parameters = count_parameters(create_model(name, **overrides))
+    if name != "han":
+        return ModelSize(parameters)
+    from avvp.models.han import official_unused_shapes
+
+    unused = sum(math.prod(shape) for shape in official_unused_shapes(make_config(name, **overrides)).values())
+    return ModelSize(parameters, released_parameters=parameters + unused)
 
 
 # (label, model, overrides, size in the paper's Table 1 in MB)
@@ -153,32 +177,14 @@ def paper_table_configs() -> list[tuple[str, str, dict[str, Any]]]:
     return [(label, name, dict(overrides)) for label, name, overrides, _ in _PAPER_TABLE]
 
 
-def model_size_table() -> list[SizeRow]:
-    """Parameter counts of every Table 1 configuration, counted on the built models.
+def model_size_table() -> list[tuple[str, str, dict[str, Any], ModelSize, float]]:
+    """Every Table 1 configuration with its size counted on the built model, next to the size the paper reports.
 
-    HAN gets two rows: the parameters its forward uses, and the authors' released checkpoint, which also
-    carries modules the forward never uses (the paper's 36 MB counts those).
+    Returns:
+        (label, model name, config overrides, `model_size`, the paper's size in MB) per configuration; the
+        paper's HAN size is that of the released checkpoint (`ModelSize.released_megabytes`).
     """
-    import torch
-
-    from avvp.models.han import official_unused_shapes
-
-    rows = []
-    for label, name, overrides, paper_mb in _PAPER_TABLE:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation work
-            parameters = count_parameters(create_model(name, **overrides))
-        if name == "han":
-            rows.append(SizeRow(label, name, dict(overrides), parameters, None, "used by the forward pass"))
-            config = make_config(name, **overrides)
-            unused = sum(_numel(shape) for shape in official_unused_shapes(config).values())
-            rows.append(SizeRow(label, name, dict(overrides), parameters + unused, paper_mb, "as released"))
-        else:
-            rows.append(SizeRow(label, name, dict(overrides), parameters, paper_mb, "dim 128"))
-    return rows
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return [
+        (label, name, dict(overrides), model_size(name, **overrides), paper_mb)
+        for label, name, overrides, paper_mb in _PAPER_TABLE
+    ]

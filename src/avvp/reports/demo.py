@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avvp.metrics import LEVELS, TRACK_TITLES, TRACKS
-from avvp.reports.tables import ModelSize
+from avvp.models import ModelSize
 
 MODEL_TITLES = {"han": "HAN", "mgn": "MGN"}
 ORACLE_TITLE = "broadcast oracle"

@@ -14,31 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from avvp.metrics import TRACK_TITLES, TRACKS
+from avvp.models import ModelSize
 
 LEVELS = ("segment", "event")
 DECIMALS = 1  # the paper's precision
 MISSING = "–"  # a cell without any finished run
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """Parameter count of a configuration; HAN also has the (larger) count of its released checkpoint."""
-
-    parameters: int  # parameters the forward pass uses
-    released_parameters: int | None = None  # HAN: the authors' checkpoint also holds modules the forward never uses
-
-    @staticmethod
-    def to_megabytes(parameters: int) -> float:
-        """Size of float32 weights in MB (10^6 bytes), as the paper counts it."""
-        return parameters * 4 / 1e6
-
-    @property
-    def megabytes(self) -> float:
-        return self.to_megabytes(self.parameters)
-
-    @property
-    def released_megabytes(self) -> float | None:
-        return None if self.released_parameters is None else self.to_megabytes(self.released_parameters)
 
 
 @dataclass(frozen=True)
