@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from reference_metrics import reference_evaluate, reference_runs
 
 from avvp.data.classes import NUM_CLASSES, NUM_SEGMENTS
 from avvp.metrics import (
@@ -33,77 +34,6 @@ def with_segments(segments: list[int], class_index: int = SPEECH) -> np.ndarray:
     array = empty()
     array[0, segments, class_index] = True
     return array
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A plain per-video implementation written from the spec, loop by loop, to compare the vectorised one against.
-
-
-def reference_runs(sequence: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs [start, end) of True in a length-10 sequence."""
-    runs, start = [], None
-    for t, positive in enumerate(list(sequence) + [False]):
-        if positive and start is None:
-            start = t
-        elif not positive and start is not None:
-            runs.append((start, t))
-            start = None
-    return runs
-
-
-def reference_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
-    overlap = max(0, min(a[1], b[1]) - max(a[0], b[0]))
-    return overlap / ((a[1] - a[0]) + (b[1] - b[0]) - overlap)
-
-
-def reference_counts(pred: np.ndarray, truth: np.ndarray, level: str) -> tuple[list[int], list[int], list[int]]:
-    """TP, FP, FN per class of one video ([10, 25] bool each)."""
-    tps, fps, fns = [], [], []
-    for c in range(NUM_CLASSES):
-        if level == "segment":
-            tp = sum(1 for t in range(NUM_SEGMENTS) if pred[t, c] and truth[t, c])
-            fp = sum(1 for t in range(NUM_SEGMENTS) if pred[t, c] and not truth[t, c])
-            fn = sum(1 for t in range(NUM_SEGMENTS) if not pred[t, c] and truth[t, c])
-        else:
-            pred_runs, truth_runs = reference_runs(pred[:, c]), reference_runs(truth[:, c])
-            tp = fp = fn = 0
-            for p in pred_runs:
-                if any(reference_iou(p, g) >= 0.5 for g in truth_runs):
-                    tp += 1
-                else:
-                    fp += 1
-            for g in truth_runs:
-                if not any(reference_iou(p, g) >= 0.5 for p in pred_runs):
-                    fn += 1
-        tps.append(tp)
-        fps.append(fp)
-        fns.append(fn)
-    return tps, fps, fns
-
-
-def reference_f(tps: list[int], fps: list[int], fns: list[int]) -> float:
-    scores = [2 * tp / (2 * tp + fn + fp) for tp, fp, fn in zip(tps, fps, fns) if tp + fp != 0 or tp + fn != 0]
-    return sum(scores) / len(scores) if scores else 1.0
-
-
-def reference_evaluate(pred_a, pred_v, gt_a, gt_v) -> dict:
-    """{level: {track: score}} plus per-video F and counts, one video at a time."""
-    result = {}
-    for level in ("segment", "event"):
-        per_video = {track: [] for track in COUNTED_TRACKS}
-        counts = {track: [] for track in COUNTED_TRACKS}
-        for n in range(len(pred_a)):
-            a = reference_counts(pred_a[n], gt_a[n], level)
-            v = reference_counts(pred_v[n], gt_v[n], level)
-            av = reference_counts(pred_a[n] & pred_v[n], gt_a[n] & gt_v[n], level)
-            pooled = tuple([x + y for x, y in zip(ka, kv)] for ka, kv in zip(a, v))
-            for track, track_counts in zip(COUNTED_TRACKS, (a, v, av, pooled)):
-                per_video[track].append(reference_f(*track_counts))
-                counts[track].append(track_counts)
-        scores = {track: 100 * np.mean(np.array(per_video[track])) for track in COUNTED_TRACKS}
-        scores["type"] = (scores["audio_visual"] + scores["audio"] + scores["visual"]) / 3.0
-        result[level] = {"scores": scores, "per_video": per_video, "counts": counts}
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------

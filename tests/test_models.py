@@ -14,12 +14,14 @@ from avvp.models import (
     MODEL_NAMES,
     HANConfig,
     MGNConfig,
+    ModelSize,
     ParseOutput,
     count_parameters,
     create_model,
     model_size_table,
     paper_table_configs,
 )
+from avvp.models.layers import Assignment
 
 # Small models for the behaviour tests; every combination of the MGN assignment kinds.
 SMALL = {
@@ -83,12 +85,36 @@ def test_output_shapes_and_values(key):
     if model.name == "mgn":
         assert output.audio_token_logits.shape == output.visual_token_logits.shape == (25, 25)
         assert output.audio_maps.shape == output.visual_maps.shape == (3, 25, 10)
-        # Segment probabilities are the video-level ones weighted by the grouping map.
-        expected = (output.p_a.unsqueeze(-1) * output.audio_maps).transpose(1, 2)
-        torch.testing.assert_close(output.audio, expected)
     else:
         assert output.audio_token_logits is None and output.audio_maps is None
         assert (output.audio <= 1).all() and (output.visual <= 1).all()
+
+
+def _segment_and_video_probs(key: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(segment probabilities [B, T, 25], video-level probabilities [B, 25]) of the audio and the visual stream."""
+    with torch.no_grad():
+        output = build(key).eval()(*make_inputs())
+    return [(output.audio, output.p_a), (output.visual, output.p_v)]
+
+
+@pytest.mark.parametrize("key", ["mgn-hard-hard", "mgn-hard-soft"])
+def test_mgn_hard_segment_probs_give_each_segment_one_class_at_its_video_probability(key):
+    """Spec 3.7 with a hard map (one-hot over the classes per segment, spec 3 Assignment): each segment holds one
+    class, with exactly that class's video-level probability p_a (audio) or p_v (visual), and zeros elsewhere."""
+    for segment_probs, video_probs in _segment_and_video_probs(key):
+        assert ((segment_probs > 0).sum(dim=2) == 1).all()
+        chosen = segment_probs.max(dim=2)  # [B, T] value and class of the one positive class per segment
+        torch.testing.assert_close(chosen.values, torch.gather(video_probs, 1, chosen.indices))
+
+
+@pytest.mark.parametrize("key", ["mgn-soft-soft", "mgn-soft-hard"])
+def test_mgn_soft_segment_probs_sum_to_eleven_times_the_video_probability(key):
+    """Spec 3.7 with the soft map 1 + softmax over the 10 segments: per class the map lies in (1, 2] and sums to
+    10 + 1 over the segments, so p <= P[t] <= 2p and sum_t P[t] = 11p, p = p_a (audio) or p_v (visual)."""
+    for segment_probs, video_probs in _segment_and_video_probs(key):
+        torch.testing.assert_close(segment_probs.sum(dim=1), 11.0 * video_probs)
+        assert (segment_probs >= video_probs.unsqueeze(1)).all()
+        assert (segment_probs <= 2.0 * video_probs.unsqueeze(1)).all()
 
 
 def test_mgn_maps_follow_the_assignment_kind():
@@ -147,15 +173,51 @@ def test_same_seed_builds_the_same_model():
         assert torch.equal(a, b), name
 
 
-def test_hard_assignment_samples_gumbel_noise_only_in_training():
-    model = build("mgn-hard-hard")
-    inputs = make_inputs(batch=4)
-    model.train()
+def test_hard_assignment_samples_gumbel_noise_in_training_and_takes_the_argmax_in_eval():
+    """Hand-made logits: identity q/k projections, groups e_0, e_1, e_2 and segment l = 2 * e_(l mod 3), so that the
+    logits are 1 (= 2 * dim^-0.5) for group l mod 3 and 0 for the others."""
     torch.manual_seed(0)
-    first = model(*inputs).audio_maps
-    torch.manual_seed(1)
-    second = model(*inputs).audio_maps
-    assert not torch.equal(first, second)
+    assign = Assignment(4, "hard")
+    with torch.no_grad():
+        for proj in (assign.q_proj, assign.k_proj):
+            proj.weight.copy_(torch.eye(4))
+            proj.bias.zero_()
+    groups = torch.eye(3, 4).unsqueeze(0)  # [1, 3, 4]
+    targets = torch.arange(30) % 3  # [30]
+    segments = 2.0 * F.one_hot(targets, 4).float().unsqueeze(0)  # [1, 30, 4]
+    argmax = F.one_hot(targets, 3).T.float().unsqueeze(0)  # [1, 3, 30]
+
+    def hard_map(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return assign(groups, segments)[1]["hard"]
+
+    assign.eval()
+    assert torch.equal(hard_map(0), argmax) and torch.equal(hard_map(1), argmax)  # no noise: the argmax, any seed
+    assign.train()
+    first, again, second = hard_map(0), hard_map(0), hard_map(1)
+    assert torch.equal(first, again)  # the randomness is the seeded noise
+    assert not torch.equal(first, second)  # a new sample per seed...
+    assert not torch.equal(first, argmax) and not torch.equal(second, argmax)  # ...that moves some segments
+    for sample in (first, second):
+        assert torch.equal(sample.sum(dim=1), torch.ones(1, 30))  # still one group per segment (hard=True)
+        assert set(sample.unique().tolist()) == {0.0, 1.0}
+
+    # In the whole model (stochastic depth off, so Gumbel noise is the only randomness): seed-dependent maps only
+    # while training.
+    torch.manual_seed(0)
+    model = create_model("mgn", dim=16, depth_audio=1, depth_visual=1, depth_av=1, unimodal_assign="hard",
+                         crossmodal_assign="hard", drop_path=0.0)  # fmt: skip
+    inputs = make_inputs(batch=4)
+    maps = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                maps[mode, seed] = model(*inputs).audio_maps
+    assert not torch.equal(maps["train", 0], maps["train", 1])
+    assert torch.equal(maps["eval", 0], maps["eval", 1])
 
 
 @pytest.mark.parametrize("key", ["mgn-soft-soft", "mgn-hard-hard", "han"])
@@ -241,14 +303,14 @@ def test_han_parameter_count_matches_the_authors():
 
 
 def test_size_table_rows():
-    rows = {(row.label, row.note): row for row in model_size_table()}
-    assert rows[("HAN", "used by the forward pass")].parameters == 4_569_675
-    assert rows[("HAN", "as released")].parameters == 9_307_723
-    assert f"{rows[('HAN', 'as released')].megabytes:.1f}" == "37.2"
-    assert f"{rows[('HAN', 'used by the forward pass')].megabytes:.1f}" == "18.3"
-    mgn = {row.label: row for row in rows.values() if row.model == "mgn"}
+    sizes = {label: (name, size, paper_mb) for label, name, _, size, paper_mb in model_size_table()}
+    _, han, han_paper_mb = sizes["HAN"]
+    assert han.parameters == 4_569_675 and han.released_parameters == 9_307_723
+    assert f"{han.released_megabytes:.1f}" == "37.2" and f"{han.megabytes:.1f}" == "18.3"
+    assert han_paper_mb == 36.0
+    mgn = {label: size for label, (name, size, _) in sizes.items() if name == "mgn"}
     for depths, count in MGN_COUNTS.items():
-        assert mgn[f"MGN ({depths[0]},{depths[1]},{depths[2]})"].parameters == count
+        assert mgn[f"MGN ({depths[0]},{depths[1]},{depths[2]})"] == ModelSize(count)
     assert f"{mgn['MGN (3,3,6)'].megabytes:.1f}" == "17.5"
     labels = [label for label, _, _ in paper_table_configs()]
     assert labels == ["HAN"] + [f"MGN ({a},{v},{av})" for a, v, av in MGN_COUNTS]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_metrics import reference_event_recall, reference_parse
 
 from avvp.cli import main
 from avvp.data.annotations import load_split
@@ -63,35 +65,39 @@ def test_plot_tokens_of_a_run_without_tokens_is_an_error(tmp_path: Path, capsys)
     assert not (tmp_path / "t.png").exists()
 
 
-def test_plot_recall_predicts_once_and_writes_per_class_rows(mgn_run: Path, tiny_llp: Path, tmp_path: Path):
+def test_plot_recall_csv_holds_each_runs_per_class_event_recall(mgn_run: Path, tiny_llp: Path, tmp_path: Path):
+    """One column per run: the MGN run's recall as the plain per-video metrics of spec section 5 compute it from its
+    cached test predictions, and 100 for every class with a ground-truth event for a run that predicts the ground
+    truth (empty where a class has no event). The MGN run is predicted once and its cache reused."""
+    split = load_split(tiny_llp, "test")
+    truth_run = tmp_path / "truth-run"
+    shutil.copytree(mgn_run, truth_run)
+    truth = {"audio": split.audio, "visual": split.visual}
+    np.savez(truth_run / "test_pred.npz", filenames=np.asarray(split.filenames), video=np.ones(split.labels.shape),
+             **{key: value.astype(np.float32) for key, value in truth.items()})  # fmt: skip
     out = tmp_path / "recall.png"
-    args = ["plot", "recall", str(mgn_run), str(mgn_run), "--labels", "first,second", "--out", str(out)]
+    args = ["plot", "recall", str(mgn_run), str(truth_run), "--labels", "mgn,truth", "--out", str(out)]
     assert main([*args, "--device", "cpu"]) == 0
     assert_png(out)
     cache = mgn_run / "test_pred.npz"
     assert cache.is_file()
     rows = read_csv(tmp_path / "recall.csv")
-    assert len(rows) == 3 * len(CLASSES)
-    assert list(rows[0]) == ["class", "track", "first", "second"]
-    assert [(r["class"], r["track"]) for r in rows[:2]] == [(CLASSES[0], "audio"), (CLASSES[1], "audio")]
-    assert [r["track"] for r in rows[:: len(CLASSES)]] == ["audio", "visual", "audio_visual"]
-    assert all(r["first"] == r["second"] for r in rows)
+    assert list(rows[0]) == ["class", "track", "mgn", "truth"]
+    tracks = ("audio", "visual", "audio_visual")
+    assert [(r["class"], r["track"]) for r in rows] == [(name, track) for track in tracks for name in CLASSES]
 
-    # The recall of each class recomputed by hand from the cached predictions and the ground truth.
-    from avvp.metrics import evaluate, extract_events, parse_predictions
-
-    split = load_split(tiny_llp, "test")
     with np.load(cache) as npz:
         assert list(npz["filenames"]) == split.filenames
-        pred_audio, pred_visual = parse_predictions(npz["audio"], npz["visual"], npz["video"])
-    counts = evaluate(pred_audio, pred_visual, split.audio, split.visual).event_counts["audio"]
-    _, gt_class, _, _ = extract_events(split.audio)
-    for index, row in enumerate(rows[: len(CLASSES)]):
-        if index not in gt_class:
-            assert row["first"] == ""
-        else:
-            expected = 100 * counts.tp[:, index].sum() / np.sum(gt_class == index)
-            assert float(row["first"]) == pytest.approx(expected, abs=0.005)
+        pred_audio, pred_visual = reference_parse(npz["audio"], npz["visual"], npz["video"])
+    predicted = {"audio": pred_audio, "visual": pred_visual, "audio_visual": pred_audio & pred_visual}
+    truth["audio_visual"] = split.audio & split.visual
+    for index, track in enumerate(tracks):
+        expected = reference_event_recall(predicted[track], truth[track])
+        for class_index, recall in enumerate(expected):
+            row = rows[index * len(CLASSES) + class_index]
+            has_events = bool(truth[track][:, :, class_index].any())
+            assert row["truth"] == ("100.00" if has_events else ""), row
+            assert row["mgn"] == ("" if np.isnan(recall) else f"{recall:.2f}"), row
 
     # A second plot reuses the cached predictions.
     stamp = cache.stat().st_mtime_ns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,12 +14,11 @@ import pytest
 
 from avvp.cli import build_parser, main
 from avvp.errors import AvvpError
-from avvp.models import model_size_table
 from avvp.sweep import (
     _SweepLock,
     assign_configs,
+    collect_rows,
     depth_configs,
-    model_size,
     plan_runs,
     run_status,
     sweep_configs,
@@ -61,24 +61,48 @@ def test_sweep_configs_subset_and_unknown_names():
         sweep_configs("width")
 
 
-def test_model_sizes_match_the_models_table():
-    """The Model Size column: exact counts, MB with one decimal; HAN released 37.2 MB and used 18.3 MB."""
-    by_config = {config.name: model_size(config.model, config.overrides) for config in depth_configs()}
-    reference = {row.label: row for row in model_size_table()}
-    assert round(by_config["han"].megabytes, 1) == 18.3 and round(by_config["han"].released_megabytes, 1) == 37.2
-    assert by_config["han"].parameters == 4_569_675
-    assert (
-        by_config["han"].released_parameters
-        == next(r for r in model_size_table() if r.note == "as released").parameters
-    )
-    expected_mb = {"mgn-1-1-2": 11.1, "mgn-2-2-4": 14.3, "mgn-3-3-6": 17.5, "mgn-4-4-8": 20.6, "mgn-3-3-3": 15.1,
-                   "mgn-6-6-3": 19.8}  # fmt: skip
-    for name, megabytes in expected_mb.items():
-        assert round(by_config[name].megabytes, 1) == megabytes
-        a, v, av = name.split("-")[1:]
-        assert by_config[name].parameters == reference[f"MGN ({a},{v},{av})"].parameters
-    assert by_config["mgn-3-3-6"].parameters == 4_366_065
-    assert model_size("mgn", {"dim": 16}).parameters < by_config["mgn-3-3-6"].parameters
+def _official_parameters(keys_file: Path) -> dict[str, int]:
+    """Key -> parameter count of an authors' checkpoint, from its key<TAB>shape listing in ../shared/spec (whose
+    header line states the total: checked here)."""
+    header, *lines = keys_file.read_text().splitlines()
+    counts = {}
+    for line in lines:
+        key, shape = line.split("\t")
+        counts[key] = math.prod(int(size) for size in shape.split("x"))
+    assert f" {sum(counts.values())} parameters." in header, keys_file
+    return counts
+
+
+def test_sweep_model_size_column_counts_the_authors_checkpoints(official_keys_dir: Path, tmp_path: Path):
+    """The Model Size column of every depth-sweep row against the authors' released checkpoints (their key
+    listings in ../shared/spec/official_keys): HAN as released and without the modules its forward never uses
+    (spec section 4), MGN (3,3,6) exactly, the other depths as that checkpoint with SelfBlocks added or removed."""
+    han = _official_parameters(official_keys_dir / "MMIL_Net_HAN.txt")
+    unused = ("audio_encoder.", "visual_encoder.", "cmt_encoder.", "hat_encoder.norm1.", "hat_encoder.norm2.")
+    han_used = sum(count for key, count in han.items() if not key.startswith(unused))
+    mgn = _official_parameters(official_keys_dir / "MGN_Net_dim128_aud3_vis3_av6.txt")
+    blocks = {}  # (stack, index) -> parameters of one SelfBlock of the 3/3/6 checkpoint
+    for key, count in mgn.items():
+        parts = key.split(".")
+        if parts[1:2] == ["blocks"]:
+            blocks[parts[0], parts[2]] = blocks.get((parts[0], parts[2]), 0) + count
+    assert len(blocks) == 3 + 3 + 6 and len(set(blocks.values())) == 1  # twelve identical SelfBlocks
+    per_block = next(iter(blocks.values()))
+    without_blocks = sum(mgn.values()) - 12 * per_block
+
+    configs = depth_configs()
+    rows = collect_rows(configs, plan_runs(configs, [1], tmp_path, TrainConfig()))  # one row per config, in order
+    by_name = {config.name: row.size for config, row in zip(configs, rows, strict=True)}
+    assert by_name["han"].released_parameters == sum(han.values()) == 9_307_723
+    assert by_name["han"].parameters == han_used
+    assert by_name["han"].released_megabytes == pytest.approx(sum(han.values()) * 4 / 1e6)  # float32, 10^6 bytes
+    assert by_name["han"].megabytes == pytest.approx(han_used * 4 / 1e6)
+    assert by_name["mgn-3-3-6"].parameters == sum(mgn.values()) == 4_366_065
+    for config in (config for config in configs if config.model == "mgn"):
+        depths = config.overrides["depth_audio"] + config.overrides["depth_visual"] + config.overrides["depth_av"]
+        expected = without_blocks + depths * per_block
+        assert by_name[config.name].parameters == expected, config.name
+        assert by_name[config.name].megabytes == pytest.approx(expected * 4 / 1e6), config.name  # float32, 10^6 B
 
 
 def test_plan_runs_folders_seeds_and_dim(tmp_path: Path):
