@@ -14,8 +14,8 @@ import pytest
 
 from avvp.cli import build_parser, main
 from avvp.errors import AvvpError
+from avvp.run_folder import PidLock
 from avvp.sweep import (
-    _SweepLock,
     assign_configs,
     collect_rows,
     depth_configs,
@@ -177,12 +177,12 @@ def test_train_command_parses_back_to_the_run(tmp_path: Path):
 def test_lock_refuses_a_live_sweep_and_clears_a_dead_one(tmp_path: Path):
     lock = tmp_path / ".sweep.lock"
     lock.write_text(f"{os.getppid()}\n")  # a live process that is not this one
-    with pytest.raises(AvvpError, match="in use by another sweep"), _SweepLock(tmp_path):
+    with pytest.raises(AvvpError, match="in use by another sweep"), PidLock(lock, "another sweep"):
         pass
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(f"{dead.pid}\n")
-    with _SweepLock(tmp_path):
+    with PidLock(lock, "another sweep"):
         assert lock.read_text().strip() == str(os.getpid())
     assert not lock.exists()
 

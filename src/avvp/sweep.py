@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow
+from avvp.run_folder import PidLock, clear_partial_run
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -41,7 +41,6 @@ SWEEP_KINDS = ("depth", "assign")
 ASSIGN_TITLES = {"soft": "Softmax", "hard": "Hard-Softmax"}
 # Files `avvp train` writes into a run folder (and its temporary files); a folder holding anything else is not
 # deleted by a restart.
-RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
 TEST_PREDICTIONS = "test_pred.npz"  # predictions of the best checkpoint on test, cached by `avvp plot recall`
 LOCK_NAME = ".sweep.lock"
 
@@ -208,17 +207,6 @@ def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
     return "restart"
 
 
-def clear_partial_run(run_dir: Path) -> None:
-    """Delete a run folder killed before its first checkpoint, but only if it holds nothing but train outputs."""
-    foreign = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")]
-    if foreign:
-        raise AvvpError(
-            f"{run_dir} is an unfinished run that also holds {', '.join(sorted(foreign))}: not deleting it; move "
-            "those files away or delete the folder"
-        )
-    shutil.rmtree(run_dir)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Running
 
@@ -270,7 +258,7 @@ def run_sweep(
         return report
     out_dir = runs[0].run_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _SweepLock(out_dir):
+    with PidLock(out_dir / LOCK_NAME, "another sweep"):
         bar = progress_bar(progress=progress, total=len(todo), desc="sweep", unit="run", position=0)
         if len(slots) == 1:
             _run_in_process(todo, features, annotations, slots[0], report, bar)
@@ -390,52 +378,6 @@ def _last_error_line(log_path: Path) -> str:
         if "error" in line.lower():
             return line.strip()
     return ""
-
-
-class _SweepLock:
-    """OUT/.sweep.lock holding the pid: two sweeps writing the same folders at once would spoil each other's runs."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / LOCK_NAME
-
-    def __enter__(self) -> _SweepLock:  # noqa: PYI034
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise AvvpError(
-                        f"{self.path.parent} is in use by another sweep (pid {owner}); wait for it, or delete "
-                        f"{self.path} if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # left by a killed sweep
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            return self
-        raise AvvpError(f"cannot create {self.path}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the loss is scaled so that the result equals one process with the same global ba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,17 +26,21 @@ from torch import nn
 
 from avvp import __version__
 from avvp.checkpoint import load_model, save_checkpoint
-from avvp.data.splits import SplitData, StreamedBatches, feature_tensors, load_split_data
+from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
 from avvp.distributed import DistributedContext, barrier, gather, init_distributed, seed_noise, sum_over_processes
 from avvp.errors import AvvpError
 from avvp.inference import predict, resolve_precision
 from avvp.metrics import Scores, evaluate, format_scores, parse_predictions, token_scores
 from avvp.models import count_parameters, create_model
 from avvp.recipe import TrainConfig
+from avvp.run_folder import PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
 from avvp.steps import GraphedTrainStep, TrainStep, make_optimizer
 from avvp.utils import atomic_torch_save, atomic_write_text, progress_bar
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = ".train.lock"  # held in the run folder while a process writes it
+STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_epoch", "best_val_type")  # of last.pt
 
 __all__ = ["TrainConfig", "TrainResult", "score_split", "train"]
 
@@ -75,6 +80,7 @@ class _Run:
     start_epoch: int = 1
     best_epoch: int = 0
     best_type: float = -math.inf
+    resumed_changes: dict[str, list[Any]] = field(default_factory=dict)  # safe settings changed by this resume
 
     @property
     def state_path(self) -> Path:
@@ -102,22 +108,23 @@ def train(
     segment-level Type@AV; on ties the later epoch, as the authors' `>=`), last.pt (full state for `--resume`),
     test_scores.json. Validation and test are scored in fp32 whatever the training precision, as `avvp evaluate`.
     """
-    run = _set_up(config, Path(features), Path(annotations), Path(out_dir), device, resume, progress, val_features)
-    train_seconds = 0.0
-    for epoch in range(run.start_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        losses, lr = _train_epoch(run, epoch)
-        seconds = time.perf_counter() - started
-        train_seconds += seconds
-        if run.ctx.is_main:
-            _validate(run, epoch, losses, lr, seconds, started)
-        _save_state(run, epoch)
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        paths = (Path(features), Path(annotations), Path(out_dir))
+        run = _set_up(config, *paths, device, resume, progress, val_features, held)
+        train_seconds = 0.0
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            losses, lr = _train_epoch(run, epoch)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            if run.ctx.is_main:
+                _validate(run, epoch, losses, lr, seconds, started)
+            _save_state(run, epoch)
+            barrier(run.ctx)
+        test_scores = _test(run) if run.ctx.is_main else None
         barrier(run.ctx)
-    test_scores = _test(run) if run.ctx.is_main else None
-    barrier(run.ctx)
-    return TrainResult(
-        run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, count_parameters(run.model)
-    )
+    parameters = count_parameters(run.model)
+    return TrainResult(run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, parameters)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -132,17 +139,21 @@ def _set_up(
     resume: bool,
     progress: bool,
     val_features: str | Path | None,
+    held: contextlib.ExitStack,
 ) -> _Run:
-    """The run's model, optimiser, data and step, resumed from last.pt with `resume`; config.json written."""
+    """The run's model, optimiser, data and step, resumed from last.pt with `resume`; config.json written.
+
+    Every split's features are checked before the run folder is touched; the main process then takes the folder's
+    lock (into `held`) and decides, from what the folder holds, whether the run is new or resumed."""
     device, ctx = _device_and_context(torch.device(device))
+    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos, stream=config.stream)
+    val_data = load_split_data(Path(val_features or features), annotations, "val") if ctx.is_main else None
     if ctx.is_main:
-        _check_out_dir(out_dir, resume)
+        check_split_features(features, annotations, "test")  # scored after the last epoch: fail now, not then
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = create_model(config.model, **config.model_overrides).to(device)
     seed_noise(config.seed, ctx)
     optimizer = make_optimizer(model, config.lr, capturable=config.cuda_graphs and device.type == "cuda")
-    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos, stream=config.stream)
-    val_data = load_split_data(Path(val_features or features), annotations, "val") if ctx.is_main else None
     run = _Run(
         config=config,
         out_dir=out_dir,
@@ -160,10 +171,16 @@ def _set_up(
         stepper=None,  # type: ignore[arg-type]  # set below, once the state is restored
         progress=progress,
     )
-    if resume:
+    record = _run_record(run)
+    if ctx.is_main:
+        _make_run_folder(out_dir)
+        held.enter_context(PidLock(out_dir / LOCK_NAME, "another `avvp train`"))
+        resume = _open_run_folder(run, record, resume)
+    resumed = gather(resume, ctx)[0]  # the main process's decision
+    if resumed:
         _resume(run)
     if ctx.is_main:
-        atomic_write_text(out_dir / "config.json", json.dumps(_run_record(run), indent=2) + "\n")
+        _write_run_record(run, record, resumed)
     run.stepper = _make_stepper(run)
     return run
 
@@ -176,25 +193,85 @@ def _device_and_context(device: torch.device) -> tuple[torch.device, Distributed
     return device, ctx
 
 
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise AvvpError(f"{out_dir} is not empty: pass --resume to continue that run, or choose another --out")
-    if resume and not (out_dir / "last.pt").exists():
+def _open_run_folder(run: _Run, record: dict[str, Any], resume: bool) -> bool:
+    """Create the run folder or check what it holds (under its lock); returns whether to resume from last.pt.
+
+    A folder with last.pt resumes (with --resume) only under the same configuration, safe settings aside
+    (`avvp.run_folder.SAFE_ON_RESUME`: recorded in `run.resumed_changes`). A folder killed before its first
+    checkpoint that holds only run files of the same configuration is emptied and the run starts again."""
+    out_dir = run.out_dir
+    if not any(not p.name.startswith(".") for p in out_dir.iterdir()):
+        return False  # new (or holding only this tool's hidden leftovers)
+    stored = read_run_record(out_dir)
+    refused, safe = compare_runs(stored, record) if stored is not None else (["no config.json"], {})
+    if (out_dir / "last.pt").exists():
+        if not resume:
+            raise AvvpError(f"{out_dir} is not empty: pass --resume to continue that run, or choose another --out")
+        if refused:
+            raise AvvpError(
+                f"{out_dir} was trained with other settings ({'; '.join(refused)}): resume it with those, or "
+                "choose another --out"
+            )
+        run.resumed_changes = safe
+        return True
+    if not refused and not foreign_files(out_dir):
+        log.warning("%s: a run of this configuration stopped before its first checkpoint; starting it again", out_dir)
+        clear_partial_run(out_dir)
+        return False
+    if resume:
         raise AvvpError(f"{out_dir / 'last.pt'} does not exist: nothing to resume")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    raise AvvpError(f"{out_dir} is not empty: pass --resume to continue that run, or choose another --out")
+
+
+def _make_run_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AvvpError(f"cannot create the run folder {out_dir}: {err.strerror or err}") from None
 
 
 def _resume(run: _Run) -> None:
     """Restore the weights, optimiser, schedule, random streams and best epoch from last.pt."""
-    state = torch.load(run.state_path, map_location=run.device, weights_only=True)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    state = _read_state(run.state_path, run.device)
+    if state["epoch"] > run.config.epochs:
+        raise AvvpError(
+            f"{run.out_dir} has trained {state['epoch']} epochs already; --epochs {run.config.epochs} is fewer"
+        )
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AvvpError(f"{run.state_path} does not fit this model and optimiser ({first})") from None
     _set_rng_state(state["rng"], run)
     run.start_epoch, run.best_epoch, run.best_type = state["epoch"] + 1, state["best_epoch"], state["best_val_type"]
     if run.ctx.is_main:
         _truncate_metrics(run.metrics_path, run.start_epoch)
     log.info("resuming %s at epoch %d (best so far: epoch %d)", run.out_dir, run.start_epoch, run.best_epoch)
+
+
+def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool) -> None:
+    """config.json: how the run is trained; a resumed run keeps its history of safe changes and adds this one's."""
+    history = (read_run_record(run.out_dir) or {}).get("resumed", []) if resumed else []
+    if run.resumed_changes:
+        history = [*history, {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}]
+    if history:
+        record["resumed"] = history
+    atomic_write_text(run.out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def _read_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """last.pt, loaded without running any pickled code; one clear error for anything else."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        kind = "empty" if path.stat().st_size == 0 else "truncated, damaged or not a plain tensor file"
+        raise AvvpError(f"{path}: cannot be read as a training state ({kind}: {type(err).__name__})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise AvvpError(f"{path}: not a training state written by avvp train (no {', '.join(missing)})")
+    return state
 
 
 def _run_record(run: _Run) -> dict[str, Any]:
@@ -203,8 +280,8 @@ def _run_record(run: _Run) -> dict[str, Any]:
         "avvp_version": __version__,
         "train": run.config.to_dict(),
         "model": {"name": run.config.model, "config": run.model.config.to_dict()},
-        "features": str(run.features),
-        "annotations": str(run.annotations),
+        "features": str(run.features.resolve()),
+        "annotations": str(run.annotations.resolve()),
         "device": str(run.device),
         "precision": run.precision,
         "world_size": run.ctx.world_size,
@@ -297,6 +374,9 @@ def _validate(run: _Run, epoch: int, losses: dict[str, float], lr: float, second
         "videos_per_second": count / seconds,
         "epoch_seconds": time.perf_counter() - started,
     }
+    if run.resumed_changes:  # the first epoch after a resume that changed safe settings says so
+        record["resumed"] = {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}
+        run.resumed_changes = {}
     tokens = _token_logits(run.model, run.val_data, run.device)
     if tokens is not None:
         record["tokens"] = {"audio": token_scores(tokens[0]), "visual": token_scores(tokens[1])}

@@ -1,0 +1,126 @@
+"""A training run's folder: what `avvp train` writes there, the lock a writer holds, and the rules for reusing it.
+
+Rules (docs/reliability.md):
+- one writer at a time: `train` holds OUT/.train.lock (a sweep OUT/.sweep.lock) for as long as it writes;
+- a folder with last.pt resumes only under the configuration it was trained with, except for the settings in
+  `SAFE_ON_RESUME` (they do not change what is computed); each such change is recorded;
+- a folder killed before its first checkpoint (no last.pt) holding nothing but run files of the same
+  configuration starts again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from avvp.errors import AvvpError
+
+RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
+# TrainConfig fields a resumed run may change: more epochs, and settings that change speed or memory, not results
+SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile", "cuda_graphs")
+
+
+class PidLock:
+    """A lock file holding the owner's pid, created exclusively; one left by a dead process is taken over."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = Path(path)
+        self.holder = holder  # who else could hold it, for the message: "another sweep", "another train"
+
+    def __enter__(self) -> PidLock:  # noqa: PYI034
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and pid_alive(owner):
+                    raise AvvpError(
+                        f"{self.path.parent} is in use by {self.holder} (pid {owner}); wait for it, or delete "
+                        f"{self.path} if that process is gone"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a killed process
+                continue
+            except OSError as err:
+                raise AvvpError(f"cannot create {self.path}: {err.strerror or err}") from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return self
+        raise AvvpError(f"cannot create {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether another live process has this pid."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any] | None:
+    """config.json of a run folder, or None where there is none."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AvvpError(f"{path}: unreadable ({err}); delete {run_dir} to train it again") from None
+    if not isinstance(record, dict):
+        raise AvvpError(f"{path}: not a run record of avvp train; delete {run_dir} to train it again")
+    return record
+
+
+def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], dict[str, list[Any]]]:
+    """How the run record `current` differs from `stored` (config.json): (the differences that change what is
+    trained, each as 'key: stored -> current'; the safe changes, key -> [stored, current])."""
+    refused, safe = [], {}
+    stored_train, current_train = stored.get("train", {}), current["train"]
+    for key, value in current_train.items():
+        if key in stored_train and stored_train[key] != value:
+            if key in SAFE_ON_RESUME:
+                safe[key] = [stored_train[key], value]
+            else:
+                refused.append(f"{key}: {stored_train[key]!r} -> {value!r}")
+    for key in ("model", "features", "annotations", "train_videos", "world_size"):
+        if stored.get(key) != current[key]:
+            refused.append(f"{key}: {stored.get(key)!r} -> {current[key]!r}")
+    return refused, safe
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Names in a run folder that `avvp train` does not write (hidden files, locks and temporaries, are its own)."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+
+
+def clear_partial_run(run_dir: Path) -> None:
+    """Empty a run folder killed before its first checkpoint, but only if it holds nothing but train outputs."""
+    foreign = foreign_files(run_dir)
+    if foreign:
+        raise AvvpError(
+            f"{run_dir} is an unfinished run that also holds {', '.join(foreign)}: not deleting it; move "
+            "those files away or delete the folder"
+        )
+    for path in run_dir.iterdir():
+        if path.name.endswith(".lock"):
+            continue  # the lock of the process clearing it
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
