@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from avvp import __version__
 from avvp.data.classes import CLASSES
+from avvp.data.sniff import file_kind
 from avvp.errors import AvvpError
 from avvp.models import MODEL_NAMES, count_parameters, create_model, make_config
-from avvp.utils import atomic_path
+from avvp.utils import atomic_path, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,7 @@ def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def export_official(model: nn.Module, path: str | Path) -> None:
     """Save `model` as the authors' plain state dict (`torch.save`), atomically."""
-    state_dict = official_state_dict(model)
-    with atomic_path(path) as tmp:
-        torch.save(state_dict, tmp)
+    atomic_torch_save(official_state_dict(model), path)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None = None) -> None:
@@ -146,7 +145,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None
     path = Path(path)
     if path.suffix != ".safetensors":
         raise AvvpError(f"{path}: an avvp checkpoint is written as NAME.safetensors (with NAME.json beside it)")
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     record = {
         "format": FORMAT,
@@ -160,9 +159,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None
     }
     text = json.dumps(record, indent=2) + "\n"
     weights = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    # Both files are complete on disk before either is renamed into place.
+    # Serialised in memory and written by Python: a full disk is then an OSError that atomic_path reports in one
+    # line (safetensors' own file writer raises its own error type). Both files are complete on disk before
+    # either is renamed into place.
+    data = save(weights, metadata={_HEADER_KEY: json.dumps(record)})
     with atomic_path(path) as weights_tmp, atomic_path(path.with_suffix(".json")) as json_tmp:
-        save_file(weights, str(weights_tmp), metadata={_HEADER_KEY: json.dumps(record)})
+        weights_tmp.write_bytes(data)
         json_tmp.write_text(text, encoding="utf-8")
 
 
@@ -183,6 +185,7 @@ def load_model(
     kind = _sniff_format(path)
     if kind == "safetensors":
         state_dict, record = _read_avvp(path)
+        _check_finite(state_dict, path)
         name, config_values, fmt = record["model"], dict(record["config"]), "avvp"
         dropped: list[str] = []
         metadata = record.get("metadata", {})
@@ -190,6 +193,8 @@ def load_model(
         raw = _read_torch(path)
         name, naming = _recognise(raw, path)
         state_dict, dropped = official_to_avvp(raw, name) if naming == "official" else (raw, [])
+        unused = set(dropped)
+        _check_finite({key: value for key, value in raw.items() if key not in unused}, path)  # the file's key names
         config_values, fmt, metadata = _infer_config(state_dict, name, path), naming, {}
         if dropped:
             modules = sorted(
@@ -243,8 +248,8 @@ def _sniff_format(path: Path) -> str:
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"  # 8-byte header length, then the JSON header
     raise AvvpError(
-        f"{path} is not a checkpoint avvp can read: neither an avvp .safetensors file nor a torch.save state dict "
-        "(the authors' MGN_Net.pt / MMIL_Net.pt)"
+        f"{path} is {file_kind(path)}, not a checkpoint avvp can read: neither an avvp .safetensors file nor a "
+        "torch.save state dict (the authors' MGN_Net.pt / MMIL_Net.pt)"
     )
 
 
@@ -265,6 +270,7 @@ def _read_avvp(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise AvvpError(f"cannot read {path} (truncated or corrupt?): {_first_line(err)}") from err
     json_path = path.with_suffix(".json")
     record = None
+    source = f"{path} (the record in its header)"  # where the record came from, for errors: only files that exist
     if _HEADER_KEY in header:
         try:
             record = json.loads(header[_HEADER_KEY])
@@ -279,7 +285,7 @@ def _read_avvp(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             log.warning("%s is not valid JSON; using the record inside %s", json_path, path.name)
             beside = None
         if record is None:
-            record = beside
+            record, source = beside, str(json_path)
         elif beside is not None and beside != record:
             log.warning(
                 "%s does not match the record inside %s (edited, or an interrupted save); using the latter",
@@ -293,21 +299,49 @@ def _read_avvp(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         or record.get("model") not in MODEL_NAMES
         or not isinstance(record.get("config"), dict)
     ):
-        raise AvvpError(f"{json_path}: not an avvp checkpoint record (needs 'model' in {MODEL_NAMES} and 'config')")
+        raise AvvpError(f"{source}: not an avvp checkpoint record (needs 'model' in {MODEL_NAMES} and 'config')")
     classes = record.get("classes")
     if classes is not None and list(classes) != list(CLASSES):
-        raise AvvpError(f"{json_path}: the checkpoint's class list differs from LLP's 25 classes in their order")
+        raise AvvpError(f"{source}: the checkpoint's class list differs from LLP's 25 classes in their order")
     return state_dict, record
+
+
+def _unsafe_object(err: BaseException) -> str | None:
+    """The Python object that torch.load(weights_only=True) refused, when that is why it failed (else None)."""
+    text = str(err)
+    if not text.startswith("Weights only load failed"):
+        return None
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    return f"the Python object {match.group(1)}" if match else "Python objects other than tensors"
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, its errors one line that never advises unpickling.
+
+    PyTorch's own message for a file holding Python objects suggests `weights_only=False`, which runs whatever
+    code the file carries; that advice is never passed on.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (truncated zip, bad pickle, disallowed objects: all different errors)
+        # Raised `from None`, so that not even a traceback passes torch's advice on.
+        unsafe = _unsafe_object(err)
+        if unsafe is not None:
+            raise AvvpError(
+                f"{path} is not a plain tensor checkpoint and cannot be read safely: it holds {unsafe}; avvp reads "
+                "only state dicts of tensors and never unpickles other objects"
+            ) from None
+        reason = _first_line(err).split(". ")[0].rstrip(".")  # torch appends paragraphs of advice
+        if isinstance(err, EOFError):
+            reason = "the file ends early"
+        elif "weights_only" in reason:
+            reason = type(err).__name__
+        raise AvvpError(f"cannot read {path} (truncated or corrupt?): {reason}") from None
 
 
 def _read_torch(path: Path) -> dict[str, Tensor]:
     """A plain state dict from a torch.save file, with weights_only=True; wrapper prefixes stripped."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, disallowed objects: all surface as different errors
-        raise AvvpError(
-            f"cannot read {path} (truncated or corrupt, or not a plain state dict?): {_first_line(err)}"
-        ) from err
+    loaded = safe_torch_load(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
@@ -324,6 +358,22 @@ def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             key = key.split(".", 1)[1]
         stripped[key] = value
     return stripped
+
+
+def _check_finite(state_dict: dict[str, Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): they would predict NaN for every video."""
+    bad = []
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            counts = ", ".join(f"{count} {label}" for count, label in ((nan, "NaN"), (inf, "inf")) if count)
+            bad.append(f"{key} ({counts} of {value.numel()})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise AvvpError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity: {', '.join(bad[:3])}{more}; "
+            "the checkpoint is broken (saved from a diverged run?)"
+        )
 
 
 def _recognise(state_dict: dict[str, Tensor], path: Path) -> tuple[str, str]:

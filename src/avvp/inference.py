@@ -12,7 +12,6 @@ from torch import nn
 from avvp.data.features import Features
 from avvp.utils import atomic_path
 
-# Keys of a predictions file besides `filenames`, with their shapes after the batch axis.
 # Keys of a predictions file (and of `predict`'s result) -> per-video shape; "video" is p_av, "audio_video" p_a,
 # "visual_video" p_v (the file format keeps these names).
 PREDICTION_KEYS = {"video": (25,), "audio_video": (25,), "visual_video": (25,), "audio": (10, 25), "visual": (10, 25)}
@@ -91,17 +90,21 @@ def predict_videos(
     crossmodal_assign: str | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Load a checkpoint (ours or the authors') and predict the listed videos from a features folder or pack."""
+    """Load a checkpoint (ours or the authors') and predict the listed videos from a features folder or pack.
+
+    The probabilities are checked (finite, in [0, 1]): an AvvpError names the checkpoint otherwise.
+    """
     from avvp.checkpoint import load_model
     from avvp.data.annotations import video_id
     from avvp.data.store import open_features
+    from avvp.scoring import check_predictions
 
     device = torch.device(device)
     model, _ = load_model(
         checkpoint, unimodal_assign=unimodal_assign, crossmodal_assign=crossmodal_assign, map_location=device
     )
     features = open_features(features_path).load([video_id(name) for name in filenames], pooled=True, progress=progress)
-    return predict(
+    predictions = predict(
         model,
         features,
         batch_size=batch_size,
@@ -109,3 +112,5 @@ def predict_videos(
         precision=resolve_precision(precision, device),
         progress=progress,
     )
+    check_predictions(predictions, filenames, f"predictions of {checkpoint}")  # NaN never reaches a file or a score
+    return predictions

@@ -23,6 +23,11 @@ def add_annotations_arg(parser: argparse.ArgumentParser) -> None:
         help=f"folder holding the LLP annotation CSVs (AVVP_train.csv, AVVP_eval_audio.csv, ...); "
         f"default: ${ANNOTATIONS_ENV}",
     )
+    add_skip_bad_rows_arg(parser)
+
+
+def add_skip_bad_rows_arg(parser: argparse.ArgumentParser) -> None:
+    """`--skip-bad-rows`, which the annotation readers' errors suggest: every command reading a CSV takes it."""
     parser.add_argument(
         "--skip-bad-rows",
         action="store_true",

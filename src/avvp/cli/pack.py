@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from avvp.cli.common import add_skip_bad_rows_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="store float16 (half the size; approximate: about 3 significant digits, predictions may differ slightly)",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel readers (default: 2 x cores, at most 8)")
+    add_skip_bad_rows_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.annotations)
         jobs = [(folder / SPLIT_FILES[name], Path(args.out) / f"{name}.pack") for name in ("train", "val", "test")]
     for list_path, out_path in jobs:
-        filenames = read_weak_labels(list_path).filenames
+        filenames = read_weak_labels(list_path, skip_bad_rows=args.skip_bad_rows).filenames
         pack_features(args.features, filenames, out_path, dtype=dtype, workers=args.workers)
         size = out_path.stat().st_size / 1e6
         print(f"wrote {out_path}: {len(filenames)} videos, {size:.1f} MB ({dtype})")

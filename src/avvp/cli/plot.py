@@ -107,30 +107,17 @@ def run_tokens(args: argparse.Namespace) -> int:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    import zipfile
-
-    import numpy as np
-
     from avvp.cli.common import resolve_annotations
     from avvp.data.annotations import load_split, video_id
     from avvp.errors import AvvpError
     from avvp.reports.plots import plot_video_parse
+    from avvp.scoring import read_predictions
 
     _check_png(args.out)
     if not 0 < args.threshold < 1:
         raise AvvpError(f"--threshold {args.threshold}: must be between 0 and 1")
     annotations = resolve_annotations(args.annotations)
-    try:
-        with np.load(args.predictions, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in ("filenames", "audio", "visual", "video") if key in npz.files}
-    except FileNotFoundError as err:
-        raise AvvpError(f"{args.predictions}: predictions file not found") from err
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise AvvpError(f"{args.predictions}: not a readable predictions file ({err})") from err
-    missing = [key for key in ("filenames", "audio", "visual") if key not in arrays]
-    if missing:
-        raise AvvpError(f"{args.predictions}: missing key(s) {', '.join(missing)}")
-    names = [str(name) for name in arrays["filenames"].tolist()]
+    names, arrays = read_predictions(args.predictions)
     rows = [i for i, name in enumerate(names) if args.video in (name, video_id(name))]
     if len(rows) != 1:
         what = "not in" if not rows else f"matches {len(rows)} videos of"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from avvp.cli.common import add_inference_args
+from avvp.cli.common import add_inference_args, add_skip_bad_rows_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_args(parser)
     parser.add_argument("--list", required=True, metavar="CSV", help="list of videos (filename<TAB>event_labels)")
     parser.add_argument("--out", required=True, metavar="PRED.npz", help="predictions file to write")
+    add_skip_bad_rows_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -24,9 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from avvp.cli.common import resolve_device
     from avvp.data.annotations import read_weak_labels
     from avvp.inference import predict_videos, save_predictions
+    from avvp.utils import output_path
 
+    output_path(args.out)  # a path that cannot be written fails now, not after the predictions
     device = resolve_device(args.device)
-    filenames = read_weak_labels(args.list).filenames
+    filenames = read_weak_labels(args.list, skip_bad_rows=args.skip_bad_rows).filenames
     predictions = predict_videos(
         args.checkpoint,
         args.features,

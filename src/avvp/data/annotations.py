@@ -176,11 +176,12 @@ def _parse_classes(cell: str) -> tuple[list[int], str | None]:
     return indices, None
 
 
-def read_weak_labels(path: str | Path, *, skip_bad_rows: bool = False) -> WeakLabels:
+def read_weak_labels(path: str | Path, *, skip_bad_rows: bool = False, allow_empty: bool = False) -> WeakLabels:
     """Read a weak-label list (`filename<TAB>Class,Class,...`) into filenames and [N, 25] labels.
 
     Raises AvvpError listing every bad row (malformed filename, unknown class, video listed twice) unless
-    `skip_bad_rows`, which skips them with a warning counting them.
+    `skip_bad_rows`, which skips them with a warning counting them; and, unless `allow_empty`, when the list
+    holds no video (only its header, or only skipped rows).
     """
     path = Path(path)
     filenames: list[str] = []
@@ -206,6 +207,9 @@ def read_weak_labels(path: str | Path, *, skip_bad_rows: bool = False) -> WeakLa
         filenames.append(filename)
         label_rows.append(classes)
     _report_bad_rows(path, bad_rows, skip_bad_rows)
+    if not filenames and not allow_empty:
+        skipped = f" (its {_count(len(bad_rows), 'row')} skipped as bad)" if bad_rows else " (only its header)"
+        raise AvvpError(f"{path} lists no videos{skipped}")
     labels = np.zeros((len(filenames), NUM_CLASSES), dtype=np.float32)  # [N, 25]
     for row, classes in enumerate(label_rows):
         labels[row, classes] = 1.0
@@ -279,6 +283,18 @@ def dense_labels(events: Iterable[DenseEvent], filenames: Sequence[str]) -> np.n
     return truth
 
 
+def _warn_if_no_events(path: Path, modality: str, truth: np.ndarray, videos: str) -> None:
+    """One warning when none of the videos has a dense event in `path` (a header-only or wrong file): every
+    score of that modality would be 0 without a word."""
+    if len(truth) and not truth.any():
+        log.warning(
+            "%s lists no %s event for any of the %s (header only, or the wrong file?): its scores mean nothing",
+            path,
+            modality,
+            videos,
+        )
+
+
 def _warn_ignored(reports: Iterable[IgnoredRows]) -> None:
     """One warning counting the ignored rows of the eval files; every row at DEBUG level (`--verbose`)."""
     reports = [report for report in reports if report]
@@ -305,10 +321,14 @@ def read_dense_labels(
     Rows of other videos are left out. With `known_filenames` (all videos of the eval splits), rows naming
     videos outside it are counted as "in no split" in the warning; rows with onset >= offset mark nothing.
     """
+    path = Path(path)
     events = read_dense_events(path, skip_bad_rows=skip_bad_rows)
     known = None if known_filenames is None else set(known_filenames) | set(filenames)
     _warn_ignored([find_ignored_rows(path, events, known)])
-    return dense_labels(events, filenames)
+    truth = dense_labels(events, filenames)
+    modality = next((name for name, file in DENSE_FILES.items() if file == path.name), "dense")
+    _warn_if_no_events(path, modality, truth, _count(len(filenames), "video"))
+    return truth
 
 
 def load_split(annotations_dir: str | Path, split: str, *, skip_bad_rows: bool = False) -> Split:
@@ -322,7 +342,7 @@ def load_split(annotations_dir: str | Path, split: str, *, skip_bad_rows: bool =
     other_path = folder / SPLIT_FILES["test" if split == "val" else "val"]
     # Rows of videos in neither eval split are counted in the warning; without the other list that is unknown.
     known = (
-        set(weak.filenames) | set(read_weak_labels(other_path, skip_bad_rows=skip_bad_rows).filenames)
+        set(weak.filenames) | set(read_weak_labels(other_path, skip_bad_rows=skip_bad_rows, allow_empty=True).filenames)
         if other_path.is_file()
         else None
     )
@@ -332,4 +352,6 @@ def load_split(annotations_dir: str | Path, split: str, *, skip_bad_rows: bool =
         ignored.append(find_ignored_rows(folder / filename, events, known))
         truth[modality] = dense_labels(events, weak.filenames)
     _warn_ignored(ignored)
+    for modality, filename in DENSE_FILES.items():
+        _warn_if_no_events(folder / filename, modality, truth[modality], f"{len(weak.filenames)} {split} videos")
     return Split(split, weak.filenames, weak.labels, truth["audio"], truth["visual"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avvp.data.sniff import NPY, file_kind
 from avvp.errors import AvvpError
 
 # name -> (folder, per-video shape)
@@ -39,6 +40,10 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.audio)
+
+
+def _expected(shape: tuple[int, int]) -> str:
+    return f"one float32 {shape} array saved with np.save"
 
 
 def pool_res152(res152: np.ndarray) -> np.ndarray:
@@ -76,7 +81,13 @@ class FeatureFolder:
         except FileNotFoundError:
             raise AvvpError(f"{where}: file not found") from None
         except (OSError, ValueError, EOFError) as err:
-            raise AvvpError(f"{where}: not a readable .npy file ({err})") from err
+            kind = file_kind(path)
+            if kind == NPY:  # truncated, or an object array
+                raise AvvpError(f"{where}: not a readable .npy file ({err})") from err
+            raise AvvpError(f"{where}: not a readable .npy file: it is {kind}; expected {_expected(shape)}") from err
+        if not isinstance(array, np.ndarray):  # np.load opens a zip archive (np.savez) as an NpzFile
+            array.close()
+            raise AvvpError(f"{where}: not a readable .npy file: it is {file_kind(path)}; expected {_expected(shape)}")
         if array.shape != shape:
             raise AvvpError(f"{where}: shape {array.shape}, expected {shape}")
         if array.dtype != np.float32:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from avvp.data.features import pool_res152
+from avvp.data.sniff import SAFETENSORS, file_kind
 from avvp.errors import AvvpError
 
 PACK_FORMAT = "avvp-pack"
@@ -150,5 +151,8 @@ def open_pack(path: str | Path) -> Pack:
                 else np.zeros(shape, np_dtype)
             )
     except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as err:
+        kind = file_kind(path)
+        if kind != SAFETENSORS:  # a pack is one; anything else is named for what it is
+            raise AvvpError(f"{path} is {kind}, not an avvp pack (write one with `avvp pack`)") from err
         raise AvvpError(f"{path}: cannot read as an avvp pack: {err}") from err
     return Pack(path, video_ids, arrays, dtype)

@@ -95,15 +95,12 @@ def find_weight_file(folder: Path, name: str) -> Path | None:
 
 def load_state_dict(source: WeightSource, name: str) -> dict:
     """The state dict stored for ``name`` (loaded on CPU with weights_only=True)."""
-    import torch
+    from avvp.checkpoint import safe_torch_load
 
     path = find_weight_file(source.folder, name)
     if path is None:
         raise AvvpError(f"weights folder {source.folder} lacks {_expected_text(source.vggish_pca, [name])}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise AvvpError(f"{path}: not a readable PyTorch state dict ({' '.join(str(err).split())[:200]})") from err
+    state = safe_torch_load(path)  # one line, never advising to unpickle
     if not isinstance(state, dict):
         raise AvvpError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
