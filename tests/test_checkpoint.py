@@ -143,7 +143,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save", fail)  # save_checkpoint serialises with save(), then writes
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "m.safetensors", small_model())
     assert list(tmp_path.iterdir()) == []

@@ -1,48 +1,299 @@
-"""Small shared helpers: atomic file writes (a killed process never leaves a half-written file) and progress bars
-that only draw on a terminal."""
+"""Small shared helpers: safe file writes, the temporaries and locks they use, and progress bars that only draw
+on a terminal.
+
+Every file avvp writes goes through `atomic_path` (or a helper built on it), which gives all writers the same
+rules: the data goes to a temporary file beside the target and is renamed into place only once complete (a killed
+process never leaves a half-written file); a symlink is written through to its target; anything that is not a
+regular file (a folder, FIFO, device, socket) is refused, never replaced; a failure of the file system (no
+permission, a parent that is a file, a full disk) is one `AvvpError` line naming the path; every file gets the
+mode of a plain new file (0644 under the usual umask). Temporaries are named `.NAME.avvp-HOST-PID-XXXXXXXX.tmp`,
+so those of killed processes can be told from those of live ones and removed (`remove_stale_temporaries`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
+import math
 import os
+import re
+import shutil
+import signal
+import socket
+import stat
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from avvp.errors import AvvpError
+
+log = logging.getLogger(__name__)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open(..., "w") gives a new file
+FOLDER_MODE = 0o777 & ~_UMASK  # what mkdir gives a new folder
+_OWN_TEMPORARIES: set[str] = set()  # names of the temporaries this process is writing (all are made here)
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+# `.NAME.avvp-HOST-PID-XXXXXXXX.KIND`: files being written (tmp), synth's folders being filled (staging) or
+# deleted (old). HOST and PID tell whether the writer is gone.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.avvp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.(?:tmp|staging|old)")
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFREG: "a file",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link that does not resolve (a loop)",
+}
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def output_path(path: str | Path, *, folder: bool = False) -> Path:
+    """Where writing `path` really goes: `path` itself, or its final target where it is a symlink.
+
+    Raises a one-line AvvpError where `path` cannot be an output: it exists as something other than a regular
+    file (with `folder`, a folder), e.g. a FIFO or a device node, which avvp never replaces; or a parent is a file.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    shown = f"{path} (a link to {target})" if path.is_symlink() else str(path)
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        for parent in target.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise AvvpError(f"cannot write {shown}: {parent} is not a folder") from None
+                break
+        return target
+    except OSError as err:
+        raise AvvpError(f"cannot write {shown}: {err.strerror or err}") from None
+    wanted = stat.S_IFDIR if folder else stat.S_IFREG
+    if stat.S_IFMT(mode) == wanted:
+        return target
+    kind = _KINDS.get(stat.S_IFMT(mode), "a special file")
+    if folder or stat.S_ISDIR(mode):
+        raise AvvpError(f"cannot write {shown}: it is {kind}, not a {'folder' if folder else 'file'}")
+    raise AvvpError(f"cannot write {shown}: it is {kind}, not a regular file; avvp writes regular files only")
+
+
+def write_error(path: str | Path, err: OSError) -> AvvpError:
+    """The one-line error for a failed write of `path` (no permission, a full disk, ...)."""
+    return AvvpError(f"cannot write {path}: {err.strerror or err}")
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.avvp-{_HOST}-{os.getpid()}-"
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed to `path`, on failure removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the result the usual permissions
+    """Yield a temporary path beside `path` (a symlink's target) to write; on success it is renamed to `path`,
+    on failure removed. The rules every writer follows are in the module docstring.
+
+    An OSError of the body about the temporary (or about no file: a failed write) becomes an AvvpError; one about
+    another file (a failed read) passes unchanged.
+    """
+    shown = Path(path)
+    target = output_path(shown)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent, name=target.name)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=_temporary_prefix(target.name), suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise write_error(shown, err) from None
+    tmp = Path(name)
+    _OWN_TEMPORARIES.add(tmp.name)
+    try:
+        yield tmp
+        os.chmod(tmp, FILE_MODE)  # after the body: mkstemp makes 0600 files, and a writer may have made it anew
+        output_path(shown)  # still a regular file or absent
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None and str(err.filename) != str(tmp):
+            raise
+        raise write_error(shown, err) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _OWN_TEMPORARIES.discard(tmp.name)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write a text file (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` atomically."""
+    """`torch.save` atomically. Serialised in memory first: torch's own file writer turns a full disk into an
+    unreadable RuntimeError."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def temporary_folder(path: Path, kind: str) -> Path:
+    """A new empty folder beside `path` named as a temporary of this process (`kind`: 'staging' or 'old'), with the
+    mode of a plain folder; removed by `remove_stale_temporaries` once this process is gone."""
+    folder = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path.name), suffix=f".{kind}", dir=path.parent))
+    _OWN_TEMPORARIES.add(folder.name)
+    os.chmod(folder, FOLDER_MODE)  # mkdtemp makes 0700 folders
+    return folder
+
+
+def remove_stale_temporaries(folder: str | Path, *, name: str | None = None) -> list[Path]:
+    """Remove the temporaries that avvp processes killed while writing left in `folder` (of file `name` only,
+    where given); returns them. Only those of this host whose writer is gone: never one a live process is
+    writing, nor one of another machine sharing the folder."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if not match or match["host"] != _HOST or (name is not None and match["name"] != name):
+            continue
+        pid = int(match["pid"])
+        if entry.name in _OWN_TEMPORARIES or pid_alive(pid):  # being written (our pid: else an earlier process's)
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # removed by another process meanwhile
+        except OSError as err:
+            log.warning("cannot remove %s, left by a killed avvp process: %s", entry.path, err.strerror or err)
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d unfinished file(s) or folder(s) of killed avvp processes in %s", len(removed), folder)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------- processes, locks
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether another live process has this pid."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class PidLock:
+    """A lock file holding the owner's pid, created exclusively; one left by a dead process is taken over.
+
+    A live owner makes it wait up to `wait` seconds, then raise a one-line AvvpError saying that `subject`
+    (default: the lock's folder) is in use by `holder` (e.g. "another sweep").
+    """
+
+    def __init__(self, path: str | Path, holder: str, *, subject: str | Path | None = None, wait: float = 0.0) -> None:
+        self.path = Path(path)
+        self.holder = holder
+        self.subject = subject if subject is not None else self.path.parent
+        self.wait = wait
+
+    def __enter__(self) -> PidLock:  # noqa: PYI034
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            except FileExistsError:
+                owner = self._owner()
+                if (owner is None and self._age() > 5.0) or (owner is not None and not pid_alive(owner)):
+                    self._take_over(owner)  # left by a killed process (empty: killed before writing its pid)
+                    continue
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise AvvpError(
+                    f"{self.subject} is in use by {self.holder} (pid {owner or 'unknown'}); wait for it, or delete "
+                    f"{self.path} if that process is gone"
+                ) from None
+            except OSError as err:
+                raise AvvpError(f"cannot create {self.path}: {err.strerror or err}") from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _age(self) -> float:
+        """Seconds since the lock file was made (infinite where it is gone: nothing to wait for)."""
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return math.inf
+        except OSError:
+            return 0.0
+
+    def _take_over(self, owner: int | None) -> None:
+        if self._owner() != owner:
+            return  # taken meanwhile by another process
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as err:
+            raise AvvpError(f"cannot remove {self.path}, left by a killed process: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM (a `kill`, a job scheduler's stop) raises KeyboardInterrupt as Ctrl-C does, so
+    the clean-up code of the interrupted work runs. Only in the main thread, and only where SIGTERM has no handler
+    of its own."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# -------------------------------------------------------------------------------------------- progress
 
 
 def interactive() -> bool:

@@ -46,13 +46,15 @@ def run(args: argparse.Namespace) -> int:
 
     from avvp.data.synth import SynthConfig, generate
     from avvp.errors import AvvpError
+    from avvp.utils import interrupt_on_sigterm
 
     if args.workers is not None and args.workers < 1:
         raise AvvpError(f"--workers {args.workers}: must be at least 1")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
     config = dataclasses.replace(SynthConfig(), train=args.train, val=args.val, test=args.test, seed=args.seed)
-    summary = generate(args.out, config, overwrite=args.overwrite, workers=args.workers)
+    with interrupt_on_sigterm():  # a `kill` removes the staging folder as Ctrl-C does
+        summary = generate(args.out, config, overwrite=args.overwrite, workers=args.workers)
     sizes = ", ".join(f"{count:,} {split}" for split, count in summary["videos"].items())
     print(
         f"LLP-Synth (seed {summary['seed']}): {sizes} videos, {summary['feature_bytes'] / 1e9:.2f} GB of features "

@@ -18,10 +18,10 @@ features (`sample_labels`) exactly as `generate` would write them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -504,11 +504,14 @@ def _default_workers() -> int:
     return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
+def _check_target(out_dir: Path, overwrite: bool, shown: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise AvvpError(f"{out_dir} exists and is not a folder")
+        raise AvvpError(f"{shown} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise AvvpError(f"{out_dir} is not empty: choose an empty or new folder, or pass --overwrite to replace it")
+        raise AvvpError(f"{shown} is not empty: choose an empty or new folder, or pass --overwrite to replace it")
+
+
+_SWAP_LOCK_WAIT = 30.0  # seconds to wait for another `avvp synth` moving a dataset into the same folder
 
 
 def generate(
@@ -523,6 +526,9 @@ def generate(
 
     Everything is written into a temporary folder beside `out_dir` and moved into place at the end, so an
     interrupted run (or a failed one) leaves no partial dataset and `overwrite` never mixes old and new files.
+    `out_dir` is checked again at that move, under a lock: of two runs into one new folder, the later fails
+    (without `overwrite`) instead of replacing the other's dataset. The staging folders of killed runs are
+    removed on start. A symlink `out_dir` is written through to its target.
 
     Args:
         out_dir: the dataset folder; must be absent or empty unless `overwrite`.
@@ -535,14 +541,19 @@ def generate(
     Returns:
         A summary: folder, sizes, seed, bytes written, seconds, and the label statistics of every split.
     """
-    from avvp.utils import progress_bar
+    from avvp.utils import output_path, progress_bar, remove_stale_temporaries, temporary_folder, write_error
 
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shown = Path(out_dir)
+    out_dir = output_path(shown, folder=True)
+    _check_target(out_dir, overwrite, shown)
     workers = workers or _default_workers()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.synth-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir.parent)
+        staging = temporary_folder(out_dir, "staging")
+    except OSError as err:
+        raise write_error(shown, err) from None
     try:
         splits = _all_labels(config)
         _write_csvs(staging, splits)
@@ -567,15 +578,18 @@ def generate(
             ThreadPoolExecutor(max_workers=workers) as pool,
             progress_bar(progress=progress, total=len(jobs), desc="LLP-Synth", unit="video") as bar,
         ):
-            for written in pool.map(write_video, jobs):
+            for written in pool.map(write_video, jobs):  # on an error, map cancels the videos not started
                 feature_bytes += written
                 bar.update(1)
-        _swap_into_place(staging, out_dir)
+        _swap_into_place(staging, out_dir, overwrite, shown)
+    except OSError as err:  # nothing is read here: every OSError is a failed write (full disk, permission)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(shown, err) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {
-        "out": str(out_dir),
+        "out": str(shown),
         "videos": config.sizes(),
         "seed": config.seed,
         "feature_bytes": feature_bytes,
@@ -584,20 +598,47 @@ def generate(
     }
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder to `out_dir`, replacing what was there only once all is written."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, retired / "data")
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        os.replace(retired / "data", out_dir)
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
+def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path) -> None:
+    """Move the finished staging folder to `out_dir`, replacing what was there only once all is written.
+
+    Under a lock beside `out_dir`, so that two runs never interleave their moves; `out_dir` is checked again
+    there, since another run may have filled it while this one was generating."""
+    from avvp.utils import PidLock, temporary_folder
+
+    filled = AvvpError(
+        f"{shown} was filled by another process while this one was generating: nothing written (choose another "
+        "folder, or pass --overwrite to replace it)"
+    )
+    lock = PidLock(
+        out_dir.parent / f".{out_dir.name}.synth.lock", "another `avvp synth`", subject=shown, wait=_SWAP_LOCK_WAIT
+    )
+    retired = None
+    with lock:
+        if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+            raise AvvpError(f"{shown} was created by another process while this one was generating: nothing written")
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            if not overwrite:
+                raise filled
+            retired = temporary_folder(out_dir, "old")
+            os.replace(out_dir, retired / "data")
+        try:
+            os.replace(staging, out_dir)  # onto an absent or empty folder: fails if another process fills it now
+        except OSError as err:
+            if retired is not None:
+                try:
+                    os.replace(retired / "data", out_dir)
+                except OSError:  # keep the previous dataset under a name no clean-up removes
+                    kept = out_dir.parent / f"{out_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+                    os.replace(retired / "data", kept)
+                    raise AvvpError(
+                        f"cannot move the new dataset into {shown} ({err.strerror}); its previous content is now {kept}"
+                    ) from None
+                shutil.rmtree(retired, ignore_errors=True)
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise filled from None
+            raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)  # outside the lock: deleting a large dataset takes a while
 
 
 def _read_config_file(out_dir: str | os.PathLike) -> dict[str, Any] | None:
