@@ -11,66 +11,27 @@ Rules (docs/reliability.md):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from avvp.errors import AvvpError
+from avvp.utils import PidLock, pid_alive
+
+__all__ = [
+    "RUN_FILES",
+    "SAFE_ON_RESUME",
+    "PidLock",
+    "clear_partial_run",
+    "compare_runs",
+    "foreign_files",
+    "pid_alive",
+    "read_run_record",
+]
 
 RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
 # TrainConfig fields a resumed run may change: more epochs, and settings that change speed or memory, not results
 SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile", "cuda_graphs")
-
-
-class PidLock:
-    """A lock file holding the owner's pid, created exclusively; one left by a dead process is taken over."""
-
-    def __init__(self, path: Path, holder: str) -> None:
-        self.path = Path(path)
-        self.holder = holder  # who else could hold it, for the message: "another sweep", "another train"
-
-    def __enter__(self) -> PidLock:  # noqa: PYI034
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and pid_alive(owner):
-                    raise AvvpError(
-                        f"{self.path.parent} is in use by {self.holder} (pid {owner}); wait for it, or delete "
-                        f"{self.path} if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # left by a killed process
-                continue
-            except OSError as err:
-                raise AvvpError(f"cannot create {self.path}: {err.strerror or err}") from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            return self
-        raise AvvpError(f"cannot create {self.path}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether another live process has this pid."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any] | None:

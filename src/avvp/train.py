@@ -11,6 +11,7 @@ the loss is scaled so that the result equals one process with the same global ba
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from avvp import __version__
-from avvp.checkpoint import load_model, save_checkpoint
+from avvp.checkpoint import load_model, safe_torch_load, save_checkpoint
 from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
 from avvp.distributed import DistributedContext, barrier, gather, init_distributed, seed_noise, sum_over_processes
 from avvp.errors import AvvpError
@@ -35,7 +36,14 @@ from avvp.models import count_parameters, create_model
 from avvp.recipe import TrainConfig
 from avvp.run_folder import PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
 from avvp.steps import GraphedTrainStep, TrainStep, make_optimizer
-from avvp.utils import atomic_torch_save, atomic_write_text, progress_bar
+from avvp.utils import (
+    atomic_torch_save,
+    atomic_write_text,
+    output_path,
+    progress_bar,
+    remove_stale_temporaries,
+    write_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,7 @@ class _Run:
     val_data: SplitData | None  # main process only
     stepper: TrainStep | GraphedTrainStep
     progress: bool
+    skip_bad_rows: bool
     index_device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # the training tensors' device
     start_epoch: int = 1
     best_epoch: int = 0
@@ -101,16 +110,18 @@ def train(
     resume: bool = False,
     progress: bool = True,
     val_features: str | Path | None = None,
+    skip_bad_rows: bool = False,
 ) -> TrainResult:
     """Train one model with `config`, validating each epoch; keeps the best epoch and scores it on test.
 
     Writes into `out_dir`: config.json, metrics.jsonl (one line per epoch), best.safetensors/.json (best validation
     segment-level Type@AV; on ties the later epoch, as the authors' `>=`), last.pt (full state for `--resume`),
     test_scores.json. Validation and test are scored in fp32 whatever the training precision, as `avvp evaluate`.
+    `skip_bad_rows` skips malformed rows of the annotation files (with a warning) instead of stopping.
     """
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         paths = (Path(features), Path(annotations), Path(out_dir))
-        run = _set_up(config, *paths, device, resume, progress, val_features, held)
+        run = _set_up(config, *paths, device, resume, progress, val_features, skip_bad_rows, held)
         train_seconds = 0.0
         for epoch in range(run.start_epoch, config.epochs + 1):
             started = time.perf_counter()
@@ -139,6 +150,7 @@ def _set_up(
     resume: bool,
     progress: bool,
     val_features: str | Path | None,
+    skip_bad_rows: bool,
     held: contextlib.ExitStack,
 ) -> _Run:
     """The run's model, optimiser, data and step, resumed from last.pt with `resume`; config.json written.
@@ -146,10 +158,11 @@ def _set_up(
     Every split's features are checked before the run folder is touched; the main process then takes the folder's
     lock (into `held`) and decides, from what the folder holds, whether the run is new or resumed."""
     device, ctx = _device_and_context(torch.device(device))
-    train_data = load_split_data(features, annotations, "train", limit=config.max_train_videos, stream=config.stream)
-    val_data = load_split_data(Path(val_features or features), annotations, "val") if ctx.is_main else None
-    if ctx.is_main:
-        check_split_features(features, annotations, "test")  # scored after the last epoch: fail now, not then
+    load = functools.partial(load_split_data, annotations=annotations, skip_bad_rows=skip_bad_rows)
+    train_data = load(features, name="train", limit=config.max_train_videos, stream=config.stream)
+    val_data = load(Path(val_features or features), name="val") if ctx.is_main else None
+    if ctx.is_main:  # the test split is scored after the last epoch: fail now, not then
+        check_split_features(features, annotations, "test", skip_bad_rows=skip_bad_rows)
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = create_model(config.model, **config.model_overrides).to(device)
     seed_noise(config.seed, ctx)
@@ -170,11 +183,15 @@ def _set_up(
         val_data=val_data,
         stepper=None,  # type: ignore[arg-type]  # set below, once the state is restored
         progress=progress,
+        skip_bad_rows=skip_bad_rows,
     )
     record = _run_record(run)
     if ctx.is_main:
         _make_run_folder(out_dir)
         held.enter_context(PidLock(out_dir / LOCK_NAME, "another `avvp train`"))
+        removed = remove_stale_temporaries(out_dir)  # left by a process killed while writing
+        if removed:
+            log.info("%s: removed %d unfinished file(s) of killed avvp processes", out_dir, len(removed))
         resume = _open_run_folder(run, record, resume)
     resumed = gather(resume, ctx)[0]  # the main process's decision
     if resumed:
@@ -224,6 +241,7 @@ def _open_run_folder(run: _Run, record: dict[str, Any], resume: bool) -> bool:
 
 
 def _make_run_folder(out_dir: Path) -> None:
+    output_path(out_dir, folder=True)  # not a file, FIFO or device, nor under a file
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -232,7 +250,7 @@ def _make_run_folder(out_dir: Path) -> None:
 
 def _resume(run: _Run) -> None:
     """Restore the weights, optimiser, schedule, random streams and best epoch from last.pt."""
-    state = _read_state(run.state_path, run.device)
+    state = _read_state(run.state_path)
     if state["epoch"] > run.config.epochs:
         raise AvvpError(
             f"{run.out_dir} has trained {state['epoch']} epochs already; --epochs {run.config.epochs} is fewer"
@@ -261,13 +279,11 @@ def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool) -> None:
     atomic_write_text(run.out_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
-def _read_state(path: Path, device: torch.device) -> dict[str, Any]:
+def _read_state(path: Path) -> dict[str, Any]:
     """last.pt, loaded without running any pickled code; one clear error for anything else."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
-        kind = "empty" if path.stat().st_size == 0 else "truncated, damaged or not a plain tensor file"
-        raise AvvpError(f"{path}: cannot be read as a training state ({kind}: {type(err).__name__})") from None
+    if path.stat().st_size == 0:
+        raise AvvpError(f"{path}: empty; not a training state (delete it to start the run again)")
+    state = safe_torch_load(path)  # on the CPU; loading into the model and optimiser moves it to the device
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise AvvpError(f"{path}: not a training state written by avvp train (no {', '.join(missing)})")
@@ -414,7 +430,7 @@ def _save_state(run: _Run, epoch: int) -> None:
 def _test(run: _Run) -> Scores:
     """Score the best epoch's checkpoint on the test split (fp32) into test_scores.json, and print the scores."""
     model, _ = load_model(run.out_dir / "best.safetensors", map_location=run.device)
-    test_data = load_split_data(run.features, run.annotations, "test")
+    test_data = load_split_data(run.features, run.annotations, "test", skip_bad_rows=run.skip_bad_rows)
     scores, _ = score_split(model, test_data, batch_size=run.config.eval_batch_size, device=run.device)
     meta = json.loads((run.out_dir / "best.json").read_text()).get("metadata", {})
     payload = {"segment": scores.segment, "event": scores.event, "best_epoch": meta.get("epoch")}
@@ -480,10 +496,13 @@ def _for_rank(states: list[torch.Tensor] | torch.Tensor, run: _Run) -> torch.Ten
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise write_error(path, err) from None
 
 
 def _truncate_metrics(path: Path, start_epoch: int) -> None:

@@ -37,11 +37,17 @@ def subset_split(split: Split, limit: int) -> Split:
 
 
 def load_split_data(
-    features_path: Path, annotations: Path, name: str, *, limit: int | None = None, stream: bool = False
+    features_path: Path,
+    annotations: Path,
+    name: str,
+    *,
+    limit: int | None = None,
+    stream: bool = False,
+    skip_bad_rows: bool = False,
 ) -> SplitData:
     """Annotations and in-memory features of one split (res152 averaged per second); with `stream`, the features
     are only checked to exist and are read batch by batch during training."""
-    split = load_split(annotations, name)
+    split = load_split(annotations, name, skip_bad_rows=skip_bad_rows)
     if limit is not None and limit < len(split.filenames):
         split = subset_split(split, limit)
     store = open_features(features_path)
@@ -51,9 +57,9 @@ def load_split_data(
     return SplitData(split, store.load(split.video_ids, pooled=True, progress=True), Path(features_path))
 
 
-def check_split_features(features_path: Path, annotations: Path, name: str) -> None:
+def check_split_features(features_path: Path, annotations: Path, name: str, *, skip_bad_rows: bool = False) -> None:
     """Every video of a split has its features, checked without reading them (see `check_features`)."""
-    check_features(open_features(features_path), load_split(annotations, name).video_ids)
+    check_features(open_features(features_path), load_split(annotations, name, skip_bad_rows=skip_bad_rows).video_ids)
 
 
 def check_features(store: FeatureFolder | PackSet, video_ids: list[str]) -> None:
