@@ -21,6 +21,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def npz_arrays(path: Path) -> dict:
+    """Every array of an .npz file, read into memory."""
+    import numpy as np
+
+    with np.load(path) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+
+
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import npz_arrays
 
 from avvp.checkpoint import load_model
 from avvp.models.layers import SelfBlock
@@ -28,8 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def fixture_arrays(official_fixture: Path) -> dict[str, np.ndarray]:
-    with np.load(official_fixture) as arrays:
-        return {key: arrays[key] for key in arrays.files}
+    return npz_arrays(official_fixture)
 
 
 @pytest.fixture(scope="module")

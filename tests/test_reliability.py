@@ -934,12 +934,17 @@ def test_a_killed_run_of_another_configuration_is_not_cleared(tiny_llp, tmp_path
     assert (out / "config.json").exists()
 
 
-def test_a_missing_test_feature_stops_train_before_anything_is_written(tiny_llp, tmp_path, capsys):
-    data = tmp_path / "llp"
+def _linked_llp(tiny: Path, data: Path, *, but: str) -> Path:
+    """`data`: the tiny LLP folder as symlinks to its items, except `but` (for the test to write its own)."""
     data.mkdir()
-    for item in tiny_llp.iterdir():
-        if item.name != "feats":
+    for item in tiny.iterdir():
+        if item.name != but:
             (data / item.name).symlink_to(item)
+    return data
+
+
+def test_a_missing_test_feature_stops_train_before_anything_is_written(tiny_llp, tmp_path, capsys):
+    data = _linked_llp(tiny_llp, tmp_path / "llp", but="feats")
     test_id = (tiny_llp / "AVVP_test_pd.csv").read_text().splitlines()[1].split("\t")[0][:11]
     for sub in ("vggish", "res152", "r2plus1d_18"):
         (data / "feats" / sub).mkdir(parents=True)
@@ -954,10 +959,6 @@ def test_a_missing_test_feature_stops_train_before_anything_is_written(tiny_llp,
 
 
 def test_a_test_feature_of_the_wrong_shape_stops_train_before_anything_is_written(tiny_llp, tmp_path, capsys):
-    import shutil
-
-    import numpy as np
-
     data = tmp_path / "llp"
     shutil.copytree(tiny_llp, data)
     test_id = (tiny_llp / "AVVP_test_pd.csv").read_text().splitlines()[1].split("\t")[0][:11]
@@ -976,11 +977,7 @@ def test_out_under_a_regular_file_is_one_clear_error(tiny_llp, tmp_path, capsys)
 
 
 def test_train_takes_skip_bad_rows_as_its_error_suggests(tiny_llp, tmp_path, capsys):
-    data = tmp_path / "llp"
-    data.mkdir()
-    for item in tiny_llp.iterdir():
-        if item.name != "AVVP_train.csv":
-            (data / item.name).symlink_to(item)
+    data = _linked_llp(tiny_llp, tmp_path / "llp", but="AVVP_train.csv")
     (data / "AVVP_train.csv").write_text((tiny_llp / "AVVP_train.csv").read_text() + "not a row\n")
     assert _train(data, tmp_path / "strict", "--epochs", "1") == 2
     assert "--skip-bad-rows" in _error(capsys)

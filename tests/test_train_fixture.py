@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import npz_arrays
 
 from avvp.checkpoint import load_model, official_state_dict
 from avvp.distributed import DistributedContext
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def arrays(official_train_fixture: Path) -> dict[str, np.ndarray]:
-    with np.load(official_train_fixture) as data:
-        return {key: data[key] for key in data.files}
+    return npz_arrays(official_train_fixture)
 
 
 @pytest.fixture(scope="module")
