@@ -788,6 +788,7 @@ def one_epoch(tiny_llp: Path, tmp_path: Path) -> Path:
         (["--seed", "5"], "seed: 1 -> 5"),
         (["--dim", "64"], "model:"),
         (["--max-train-videos", "10"], "max_train_videos: None -> 10"),
+        (["--cuda-graphs"], "cuda_graphs: False -> True"),
     ],
 )
 def test_resume_with_other_settings_is_refused_listing_them(tiny_llp, one_epoch, capsys, flags, difference):
@@ -984,3 +985,69 @@ def test_train_takes_skip_bad_rows_as_its_error_suggests(tiny_llp, tmp_path, cap
     assert _train(data, tmp_path / "lenient", "--epochs", "1", "--skip-bad-rows") == 0
     config = json.loads((tmp_path / "lenient" / "config.json").read_text())
     assert config["train_videos"] == len((tiny_llp / "AVVP_train.csv").read_text().splitlines()) - 1
+
+
+def test_a_restarted_run_keeps_the_users_hidden_files(tiny_llp, tmp_path, capsys):
+    out = tmp_path / "run"
+    _killed_in_epoch_one(tiny_llp, out)
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / ".notes.md").write_text("why this run\n")
+    assert _train(tiny_llp, out, "--epochs", "1") == 0
+    assert (out / ".git" / "HEAD").exists() and (out / ".notes.md").read_text() == "why this run\n"
+
+
+def test_resume_after_a_half_written_metrics_line(tiny_llp, one_epoch, capsys):
+    with open(one_epoch / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "lr": 0.0003, "lo')  # a kill (or a full disk) in the middle of a line
+    assert _train(tiny_llp, one_epoch, "--epochs", "2", "--resume") == 0
+    epochs = [json.loads(line)["epoch"] for line in (one_epoch / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_a_kill_between_last_pt_and_best_is_repaired_on_resume(tiny_llp, tmp_path, capsys):
+    """At learning rate 0 every epoch ties, so each is the best; a run whose best.safetensors stayed at epoch 1
+    while last.pt reached epoch 2 gets epoch 2's best back from last.pt."""
+    run, older = tmp_path / "run", tmp_path / "older"
+    assert _train(tiny_llp, run, "--epochs", "2", "--lr", "0") == 0
+    assert _train(tiny_llp, older, "--epochs", "1", "--lr", "0") == 0
+    for name in ("best.safetensors", "best.json"):
+        (run / name).write_bytes((older / name).read_bytes())
+    capsys.readouterr()
+    assert _train(tiny_llp, run, "--epochs", "2", "--lr", "0", "--resume") == 0
+    assert "written again from last.pt" in _error(capsys)
+    assert json.loads((run / "best.json").read_text())["metadata"]["epoch"] == 2
+    assert json.loads((run / "test_scores.json").read_text())["best_epoch"] == 2
+
+
+def test_a_corrupt_compressed_predictions_file_is_one_clear_error(tiny_llp, tmp_path, capsys):
+    split = load_split(tiny_llp, "test")
+    path = tmp_path / "pred.npz"
+    probabilities = np.random.default_rng(0).random(split.audio.shape)  # incompressible: a long deflate stream
+    np.savez_compressed(path, filenames=np.asarray(split.filenames), audio=probabilities, visual=probabilities)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"audio.npy") + 60  # inside the compressed audio member: zlib fails before the CRC check
+    data[start : start + 32] = b"\xff" * 32
+    path.write_bytes(bytes(data))
+    status, _, err = cli(capsys, "score", path, "--annotations", tiny_llp)
+    assert status == 2 and "not a readable .npz file" in error_line(err, "score")
+
+
+def test_filenames_that_are_not_utf8_are_one_clear_error(tiny_llp, tmp_path, capsys):
+    split = load_split(tiny_llp, "test")
+    names = np.asarray([b"\xff\xfe" + name.encode() for name in split.filenames])
+    path = save_predictions_file(tmp_path / "pred.npz", names, split.audio, split.visual)
+    status, _, err = cli(capsys, "score", path, "--annotations", tiny_llp)
+    assert status == 2 and "not UTF-8" in error_line(err, "score")
+
+
+def test_a_dataset_retired_by_a_killed_synth_is_restored_not_deleted(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = utils._HOST
+    retired = tmp_path / f".data.avvp-{host}-{dead.pid}-abc123.old"
+    (retired / "data").mkdir(parents=True)
+    (retired / "data" / "synth.json").write_text("{}")
+    utils.remove_stale_temporaries(tmp_path)
+    assert (tmp_path / "data" / "synth.json").read_text() == "{}"
+    assert not retired.exists()

@@ -11,12 +11,11 @@ Rules (docs/reliability.md):
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from avvp.errors import AvvpError
-from avvp.utils import PidLock, pid_alive
+from avvp.utils import PidLock
 
 __all__ = [
     "RUN_FILES",
@@ -25,13 +24,13 @@ __all__ = [
     "clear_partial_run",
     "compare_runs",
     "foreign_files",
-    "pid_alive",
     "read_run_record",
 ]
 
 RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
 # TrainConfig fields a resumed run may change: more epochs, and settings that change speed or memory, not results
-SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile", "cuda_graphs")
+# (not --cuda-graphs: its Adam must be capturable, and a restored optimiser keeps the settings it was saved with)
+SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile")
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any] | None:
@@ -59,29 +58,25 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
                 safe[key] = [stored_train[key], value]
             else:
                 refused.append(f"{key}: {stored_train[key]!r} -> {value!r}")
-    for key in ("model", "features", "annotations", "train_videos", "world_size"):
+    for key in ("model", "features", "annotations", "train_videos", "world_size", "precision"):
         if stored.get(key) != current[key]:
             refused.append(f"{key}: {stored.get(key)!r} -> {current[key]!r}")
     return refused, safe
 
 
 def foreign_files(run_dir: Path) -> list[str]:
-    """Names in a run folder that `avvp train` does not write (hidden files, locks and temporaries, are its own)."""
+    """Names in a run folder that `avvp train` does not write (hidden ones aside: they are never deleted)."""
     return sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
 
 
 def clear_partial_run(run_dir: Path) -> None:
-    """Empty a run folder killed before its first checkpoint, but only if it holds nothing but train outputs."""
+    """Delete the run files of a run killed before its first checkpoint, but only if the folder holds nothing else
+    visible; hidden entries (a user's `.git`, notes, avvp's own lock) are left as they are."""
     foreign = foreign_files(run_dir)
     if foreign:
         raise AvvpError(
             f"{run_dir} is an unfinished run that also holds {', '.join(foreign)}: not deleting it; move "
             "those files away or delete the folder"
         )
-    for path in run_dir.iterdir():
-        if path.name.endswith(".lock"):
-            continue  # the lock of the process clearing it
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)

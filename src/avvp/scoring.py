@@ -8,6 +8,7 @@ with the file is one clear error naming the file and what is wrong.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,16 @@ def read_predictions(path: str | Path) -> tuple[list[str], dict[str, np.ndarray]
                         ) from err
     except AvvpError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise AvvpError(f"{path}: not a readable .npz file ({err})") from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise AvvpError(f"{path}: not a readable .npz file ({err})") from None
 
     names = arrays.pop("filenames")
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise AvvpError(f"{path}: filenames must be a 1-D string array, got shape {names.shape} dtype {names.dtype}")
-    names = [name.decode() if isinstance(name, bytes) else str(name) for name in names.tolist()]
+    try:
+        names = [name.decode() if isinstance(name, bytes) else str(name) for name in names.tolist()]
+    except UnicodeDecodeError as err:
+        raise AvvpError(f"{path}: filenames holds bytes that are not UTF-8 text ({err.reason})") from None
     check_predictions(arrays, names, str(path))
     return names, arrays
 

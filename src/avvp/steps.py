@@ -162,9 +162,9 @@ class GraphedTrainStep:
             problems.append("the device is not CUDA")
         if eager.dist_ctx.enabled:
             problems.append("training is distributed")
-        if config_stream := eager.config.stream:
+        if eager.config.stream:
             problems.append("the training split is streamed from disk")
-        if not config_stream and eager.tensors[0].device.type != "cuda":
+        if not eager.config.stream and eager.tensors[0].device.type != "cuda":
             problems.append("the training features do not fit on the GPU")
         if problems:
             log.warning("--cuda-graphs ignored: %s", "; ".join(problems))

@@ -31,7 +31,7 @@ from typing import Any
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow
-from avvp.run_folder import PidLock, clear_partial_run
+from avvp.run_folder import PidLock
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -270,9 +270,8 @@ def run_sweep(
 
 def _record_start(run: PlannedRun, status: str, report: SweepReport) -> bool:
     """Clear a partial folder; returns whether the run resumes from last.pt."""
-    if status == "restart":
-        log.info("%s: unfinished and without last.pt; deleting it and starting again", run.name)
-        clear_partial_run(run.run_dir)
+    if status == "restart":  # `train` clears the folder itself, under the folder's lock
+        log.info("%s: unfinished and without last.pt; starting it again", run.name)
     resume = status == "resume"
     (report.resumed if resume else report.trained).append(run.name)
     return resume

@@ -128,9 +128,10 @@ def train(
             losses, lr = _train_epoch(run, epoch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
-            if run.ctx.is_main:
-                _validate(run, epoch, losses, lr, seconds, started)
+            best = _validate(run, epoch, losses, lr, seconds, started) if run.ctx.is_main else None
             _save_state(run, epoch)
+            if best is not None:  # after last.pt: a kill between the two is repaired on resume
+                save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
             barrier(run.ctx)
         test_scores = _test(run) if run.ctx.is_main else None
         barrier(run.ctx)
@@ -189,9 +190,7 @@ def _set_up(
     if ctx.is_main:
         _make_run_folder(out_dir)
         held.enter_context(PidLock(out_dir / LOCK_NAME, "another `avvp train`"))
-        removed = remove_stale_temporaries(out_dir)  # left by a process killed while writing
-        if removed:
-            log.info("%s: removed %d unfinished file(s) of killed avvp processes", out_dir, len(removed))
+        remove_stale_temporaries(out_dir)  # left by a process killed while writing (it logs what it removes)
         resume = _open_run_folder(run, record, resume)
     resumed = gather(resume, ctx)[0]  # the main process's decision
     if resumed:
@@ -231,13 +230,15 @@ def _open_run_folder(run: _Run, record: dict[str, Any], resume: bool) -> bool:
             )
         run.resumed_changes = safe
         return True
-    if not refused and not foreign_files(out_dir):
+    foreign = foreign_files(out_dir)
+    if not refused and not foreign:
         log.warning("%s: a run of this configuration stopped before its first checkpoint; starting it again", out_dir)
         clear_partial_run(out_dir)
         return False
+    holds = f" (the folder holds {', '.join(foreign)})" if foreign else ""
     if resume:
-        raise AvvpError(f"{out_dir / 'last.pt'} does not exist: nothing to resume")
-    raise AvvpError(f"{out_dir} is not empty: pass --resume to continue that run, or choose another --out")
+        raise AvvpError(f"{out_dir / 'last.pt'} does not exist{holds}: nothing to resume")
+    raise AvvpError(f"{out_dir} is not empty{holds}: pass --resume to continue that run, or choose another --out")
 
 
 def _make_run_folder(out_dir: Path) -> None:
@@ -264,9 +265,25 @@ def _resume(run: _Run) -> None:
         raise AvvpError(f"{run.state_path} does not fit this model and optimiser ({first})") from None
     _set_rng_state(state["rng"], run)
     run.start_epoch, run.best_epoch, run.best_type = state["epoch"] + 1, state["best_epoch"], state["best_val_type"]
+    if run.ctx.is_main and run.best_epoch == state["epoch"]:
+        _repair_best(run, state["epoch"])
     if run.ctx.is_main:
         _truncate_metrics(run.metrics_path, run.start_epoch)
     log.info("resuming %s at epoch %d (best so far: epoch %d)", run.out_dir, run.start_epoch, run.best_epoch)
+
+
+def _repair_best(run: _Run, epoch: int) -> None:
+    """A kill after last.pt but before best.safetensors of its epoch leaves an older best: the weights just loaded
+    are the best ones, so they are written again."""
+    best_json = run.out_dir / "best.json"
+    saved = json.loads(best_json.read_text()).get("metadata", {}).get("epoch") if best_json.exists() else None
+    if saved != epoch:
+        lines = run.metrics_path.read_text().splitlines() if run.metrics_path.exists() else []
+        records = [json.loads(line) for line in lines if _epoch_of(line) == epoch]
+        val = records[-1]["val"] if records else None
+        metadata = {"epoch": epoch, "val": val, "train": run.config.to_dict()}
+        save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=metadata)
+        log.warning("%s: best.safetensors of epoch %d was not written; written again from last.pt", run.out_dir, epoch)
 
 
 def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool) -> None:
@@ -340,8 +357,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float]:
         range(steps), progress=run.progress and ctx.is_main, desc=f"epoch {epoch}/{config.epochs}", unit="step"
     )
     if config.stream:
-        for batch, inputs in zip(bar, _streamed(run, batches)):
-            run.stepper.step(*(t.to(run.device, non_blocking=True) for t in inputs), len(batches[batch]))
+        for step, inputs in zip(bar, _streamed(run, batches)):
+            run.stepper.step(*(t.to(run.device, non_blocking=True) for t in inputs), len(batches[step]))
     else:
         for step in bar:
             batch = batches[step]
@@ -362,8 +379,12 @@ def _streamed(run: _Run, batches: list[torch.Tensor]) -> torch.utils.data.DataLo
     data, ctx = run.train_data, run.ctx
     shards = [b[ctx.rank :: ctx.world_size].numpy() for b in batches]
     dataset = StreamedBatches(data.features_path, data.split.video_ids, data.split.labels, shards)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=run.config.loader_workers, pin_memory=run.device.type == "cuda"
+    return torch.utils.data.DataLoader(  # its own generator: the global one feeds dropout and Gumbel noise
+        dataset,
+        batch_size=None,
+        num_workers=run.config.loader_workers,
+        pin_memory=run.device.type == "cuda",
+        generator=torch.Generator().manual_seed(run.config.seed),
     )
 
 
@@ -376,9 +397,11 @@ def _mean_losses(sums: dict[str, float], count: int, ctx: DistributedContext) ->
     return means
 
 
-def _validate(run: _Run, epoch: int, losses: dict[str, float], lr: float, seconds: float, started: float) -> None:
-    """Score the validation split, append the epoch to metrics.jsonl, keep best.safetensors (ties: the later
-    epoch) and print one line."""
+def _validate(
+    run: _Run, epoch: int, losses: dict[str, float], lr: float, seconds: float, started: float
+) -> dict[str, Any] | None:
+    """Score the validation split, append the epoch to metrics.jsonl and print one line; returns the metadata of
+    best.safetensors when this epoch is the best so far (ties: the later epoch), else None."""
     scores, _ = score_split(run.model, run.val_data, batch_size=run.config.eval_batch_size, device=run.device)
     count = len(run.train_data.split.filenames)
     record: dict[str, Any] = {
@@ -402,13 +425,14 @@ def _validate(run: _Run, epoch: int, losses: dict[str, float], lr: float, second
         f"epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
         f"Event@AV {scores.segment['event']:.2f} ({seconds:.0f} s)"
     )
+    best = None
     if type_score >= run.best_type:  # the authors keep the latest of equal epochs
         run.best_type, run.best_epoch = type_score, epoch
-        metadata = {"epoch": epoch, "val": record["val"], "train": run.config.to_dict()}
-        save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=metadata)
+        best = {"epoch": epoch, "val": record["val"], "train": run.config.to_dict()}
         message += " (best)"
     if run.progress:
         print(message, flush=True)  # one line per epoch, also where no progress bar is drawn (logs, CI)
+    return best
 
 
 def _save_state(run: _Run, epoch: int) -> None:
@@ -505,10 +529,18 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         raise write_error(path, err) from None
 
 
+def _epoch_of(line: str) -> int | None:
+    """The epoch of a metrics.jsonl line; None for a line a killed process left half-written."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("epoch") if isinstance(record, dict) else None
+
+
 def _truncate_metrics(path: Path, start_epoch: int) -> None:
     """Drop metric lines of epochs that will be run again (written after the last saved state)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] < start_epoch]
+    kept = [line for line in path.read_text().splitlines() if (_epoch_of(line) or start_epoch) < start_epoch]
     atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -176,6 +176,11 @@ def remove_stale_temporaries(folder: str | Path, *, name: str | None = None) -> 
         pid = int(match["pid"])
         if entry.name in _OWN_TEMPORARIES or pid_alive(pid):  # being written (our pid: else an earlier process's)
             continue
+        target = Path(folder) / match["name"]
+        if entry.name.endswith(".old") and not target.exists() and os.path.isdir(os.path.join(entry.path, "data")):
+            # a dataset retired by a process killed before its replacement was in place: put it back
+            os.replace(os.path.join(entry.path, "data"), target)
+            log.warning("%s: restored the previous content, left aside by a killed avvp process", target)
         try:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)

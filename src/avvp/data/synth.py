@@ -623,18 +623,19 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path)
             os.replace(out_dir, retired / "data")
         try:
             os.replace(staging, out_dir)  # onto an absent or empty folder: fails if another process fills it now
-        except OSError as err:
+        except BaseException as err:  # an OSError, or an interrupt (Ctrl-C, SIGTERM): the previous data go back
             if retired is not None:
                 try:
                     os.replace(retired / "data", out_dir)
                 except OSError:  # keep the previous dataset under a name no clean-up removes
                     kept = out_dir.parent / f"{out_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
                     os.replace(retired / "data", kept)
+                    reason = getattr(err, "strerror", None) or type(err).__name__
                     raise AvvpError(
-                        f"cannot move the new dataset into {shown} ({err.strerror}); its previous content is now {kept}"
+                        f"cannot move the new dataset into {shown} ({reason}); its previous content is now {kept}"
                     ) from None
                 shutil.rmtree(retired, ignore_errors=True)
-            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise filled from None
             raise
     if retired is not None:
