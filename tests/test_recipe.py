@@ -139,3 +139,14 @@ def test_scoring_inside_train_predicts_in_fp32(tiny_llp: Path) -> None:
 def test_cli_defaults_are_the_recipe() -> None:
     args = build_parser().parse_args(["train", "--features", "f", "--annotations", "a", "--out", "o"])
     assert config_from_args(args) == TrainConfig()
+
+
+def test_resume_help_names_every_setting_that_is_safe_to_change(capsys) -> None:
+    from avvp.run_folder import SAFE_ON_RESUME
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    resume_help = text[text.index("--resume continue") :]
+    for key in SAFE_ON_RESUME:
+        assert "--" + key.replace("_", "-") in resume_help.replace("- ", "-"), key

@@ -81,7 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DataLoader worker processes with --stream (default: %(default)s)",
     )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last epoch, with the settings it was trained with: any other "
+        "learning rate, schedule, batch size, seed, model, precision or data is refused; safe to change (recorded "
+        "in config.json and metrics.jsonl): more --epochs, --eval-batch-size, --loader-workers, --stream, --compile",
+    )
     add_model_args(parser)
     add_device_arg(parser)
     parser.set_defaults(func=run)
