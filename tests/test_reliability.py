@@ -74,6 +74,7 @@ def annotations(tiny_llp: Path, tmp_path: Path) -> Path:
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
+    """`avvp ARGS` in-process: (exit status, stdout, stderr)."""
     status = main([str(arg) for arg in args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
@@ -412,8 +413,8 @@ TINY_SYNTH = ["--train", "2", "--val", "1", "--test", "1", "--workers", "1"]
 
 def run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
     """`avvp ARGS` in-process: (exit status, stderr)."""
-    status = main([str(arg) for arg in args])
-    return status, capsys.readouterr().err
+    status, _, err = cli(capsys, *args)
+    return status, err
 
 
 def assert_one_line_error(status: int, err: str, *needles: object) -> str:
@@ -966,7 +967,7 @@ def test_a_test_feature_of_the_wrong_shape_stops_train_before_anything_is_writte
     np.save(data / "feats" / "vggish" / f"{test_id}.npy", np.zeros((9, 128), np.float32))
     out = tmp_path / "run"
     assert _train(data, out, "--epochs", "1") == 2
-    assert "expected float32 (10, 128)" in _error(capsys)
+    assert "shape (9, 128), expected (10, 128)" in _error(capsys)
     assert not out.exists()
 
 

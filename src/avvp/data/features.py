@@ -73,11 +73,26 @@ class FeatureFolder:
 
     def read(self, name: str, video_id: str) -> np.ndarray:
         """One video's feature array, validated (file present, shape, float32, finite)."""
+        array, where = self._open(name, video_id)
+        if not np.isfinite(array).all():
+            raise AvvpError(f"{where}: holds NaN or infinity")
+        return array
+
+    def check_present(self, video_ids: Sequence[str]) -> None:
+        """Every feature file of `video_ids` is there with its shape and dtype, read from the .npy headers only
+        (the values are not read: see `check` for that); raises AvvpError on the first problem."""
+        for video_id in video_ids:
+            for name in FEATURE_DIRS:
+                self._open(name, video_id, mmap_mode="r")
+
+    def _open(self, name: str, video_id: str, *, mmap_mode: str | None = None) -> tuple[np.ndarray, str]:
+        """One video's feature array (memory-mapped with `mmap_mode`), its shape and dtype checked; and the
+        `where` that errors about it start with."""
         folder, shape = FEATURE_DIRS[name]
         path = self.path(name, video_id)
         where = f"video {video_id}: {self.root / folder}/{video_id}.npy"
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
         except FileNotFoundError:
             raise AvvpError(f"{where}: file not found") from None
         except (OSError, ValueError, EOFError) as err:
@@ -92,9 +107,7 @@ class FeatureFolder:
             raise AvvpError(f"{where}: shape {array.shape}, expected {shape}")
         if array.dtype != np.float32:
             raise AvvpError(f"{where}: dtype {array.dtype}, expected float32")
-        if not np.isfinite(array).all():
-            raise AvvpError(f"{where}: holds NaN or infinity")
-        return array
+        return array, where
 
     def read_video(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(audio [10,128], res152 [80,2048], r2plus1d [10,512]) of one video, validated."""

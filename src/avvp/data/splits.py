@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from avvp.data.annotations import Split, load_split
-from avvp.data.features import FEATURE_DIRS, FeatureFolder, Features
-from avvp.data.store import PackSet, open_features
-from avvp.errors import AvvpError
+from avvp.data.features import Features
+from avvp.data.store import open_features
 
 
 @dataclass
@@ -52,39 +51,15 @@ def load_split_data(
         split = subset_split(split, limit)
     store = open_features(features_path)
     if stream:
-        check_features(store, split.video_ids)
+        store.check_present(split.video_ids)  # read batch by batch later: check the files now
         return SplitData(split, None, Path(features_path))
     return SplitData(split, store.load(split.video_ids, pooled=True, progress=True), Path(features_path))
 
 
 def check_split_features(features_path: Path, annotations: Path, name: str, *, skip_bad_rows: bool = False) -> None:
-    """Every video of a split has its features, checked without reading them (see `check_features`)."""
-    check_features(open_features(features_path), load_split(annotations, name, skip_bad_rows=skip_bad_rows).video_ids)
-
-
-def check_features(store: FeatureFolder | PackSet, video_ids: list[str]) -> None:
-    """Every video has its features: in a pack, an entry; in a folder, three .npy files of the right shape and
-    dtype (read from their headers, not a full read). Raises AvvpError naming the first file that fails."""
-    if isinstance(store, PackSet):
-        missing = [vid for vid in video_ids if vid not in store.where]
-        if missing:
-            names = ", ".join(str(p.path) for p in store.packs)
-            raise AvvpError(f"{len(missing)} video(s) are in none of the packs {names}, e.g. {', '.join(missing[:5])}")
-        return
-    for vid in video_ids:
-        for name, (_, shape) in FEATURE_DIRS.items():
-            path = store.path(name, vid)
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise AvvpError(f"video {vid}: {path}: file not found") from None
-            except (OSError, ValueError, EOFError) as err:
-                raise AvvpError(f"video {vid}: {path}: not a readable .npy file ({err})") from None
-            if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
-                array.close()
-                raise AvvpError(f"video {vid}: {path}: an .npz archive, expected one .npy array")
-            if array.shape != shape or array.dtype != np.float32:
-                raise AvvpError(f"video {vid}: {path}: {array.dtype} {array.shape}, expected float32 {shape}")
+    """Every video of a split has its features, checked without reading them (`check_present` of the store)."""
+    split = load_split(annotations, name, skip_bad_rows=skip_bad_rows)
+    open_features(features_path).check_present(split.video_ids)
 
 
 def feature_tensors(data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -20,14 +20,18 @@ class PackSet:
         self.packs = packs
         self.where = {vid: (i, row) for i, pack in enumerate(packs) for row, vid in enumerate(pack.video_ids)}
 
-    def load(self, video_ids: Sequence[str], *, pooled: bool = True, progress: bool = False) -> Features:
-        """Features of `video_ids` (res152 is always per-second averaged in a pack), as float32 arrays."""
-        if not pooled:
-            raise AvvpError("packs hold ResNet-152 features averaged per second; the 80 frames are not in a pack")
+    def check_present(self, video_ids: Sequence[str]) -> None:
+        """Every video of `video_ids` is in one of the packs (whose arrays have their shapes by construction)."""
         missing = [vid for vid in video_ids if vid not in self.where]
         if missing:
             names = ", ".join(str(p.path) for p in self.packs)
             raise AvvpError(f"{len(missing)} video(s) are in none of the packs {names}, e.g. {', '.join(missing[:5])}")
+
+    def load(self, video_ids: Sequence[str], *, pooled: bool = True, progress: bool = False) -> Features:
+        """Features of `video_ids` (res152 is always per-second averaged in a pack), as float32 arrays."""
+        if not pooled:
+            raise AvvpError("packs hold ResNet-152 features averaged per second; the 80 frames are not in a pack")
+        self.check_present(video_ids)
         locations = np.array([self.where[vid] for vid in video_ids], dtype=np.int64).reshape(-1, 2)  # (pack, row)
         out = {}
         for name in ("audio", "res152", "r2plus1d"):
