@@ -31,7 +31,7 @@ from typing import Any
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow
-from avvp.run_folder import PidLock
+from avvp.run_folder import PidLock, read_run_record
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -164,13 +164,9 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
     Models are compared by their resolved configs, so `mgn-3-3-6` of the depth sweep (assignments left at their
     defaults) is the same run as the Softmax / Softmax row of the assign sweep (assignments given).
     """
-    config_path = run.run_dir / "config.json"
-    if not config_path.exists():
+    stored = read_run_record(run.run_dir)
+    if stored is None:
         return
-    try:
-        stored = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise AvvpError(f"{config_path}: unreadable ({err}); delete {run.run_dir} to train it again") from err
     expected = {"features": str(features), "annotations": str(annotations)}
     stored_train = stored.get("train", {})
     differences = [
