@@ -5,6 +5,7 @@ through it too."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -113,6 +114,14 @@ class TrainStep:
         """Forward, loss, backward and optimiser step on one batch; adds its loss sums to `self.sums`."""
         with autocast(self.device, self.precision, cache_enabled=cache_autocast):
             output = self.model(audio, res152, r2plus1d)
+        loss, totals = self.objective(output, labels, global_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.sums += totals.detach().double()
+
+    def objective(self, output: ParseOutput, labels: torch.Tensor, global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimise and the batch's per-video loss sums (in the order of `self.keys`)."""
         losses = compute_losses(output, labels, self.config)
         # Per-sample terms: sum over the shard / global batch size, times world size because DDP averages
         # gradients over processes; this equals the mean over the global batch in one process.
@@ -120,12 +129,9 @@ class TrainStep:
         loss = per_sample.sum() / global_size * self.dist_ctx.world_size
         for key in self.keys[3:]:
             loss = loss + losses[key]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
         local = len(labels)  # per-video sums; a per-step term (class tokens) counts once per video
-        totals = [losses[k].detach().sum() if losses[k].dim() else losses[k].detach() * local for k in self.keys]
-        self.sums += torch.stack(totals).double()
+        totals = [losses[k].sum() if losses[k].dim() else losses[k] * local for k in self.keys]
+        return loss, torch.stack(totals)
 
     def __call__(self, index: torch.Tensor, global_size: int) -> None:
         self.run(index, global_size)
@@ -135,6 +141,50 @@ class TrainStep:
         values = self.sums.tolist()
         self.sums.zero_()
         return dict(zip(self.keys, values))
+
+
+class StackedTrainStep:
+    """One optimisation step of several runs of one model configuration at once, on one device.
+
+    Every step, the runs' weights are stacked along a new leading axis and the model is applied to each run's own
+    batch with `torch.func.vmap`: one call per layer for all runs instead of one per run. The gradients flow back
+    through the stacking into each run's own weights, and each run's own Adam steps them, so the maths is that of
+    each run trained alone. What differs is the noise of drop-path, dropout and Gumbel sampling: the runs draw it
+    from one shared stream (vmap's `randomness="different"`), not each from its own. `steps` are the runs' own
+    `TrainStep`s (their model, optimiser, loss sums), sharing one set of training tensors.
+    """
+
+    def __init__(self, steps: list[TrainStep]) -> None:
+        self.steps = steps
+        first = steps[0]
+        self.template = first.model  # the module whose forward is applied with each run's weights
+        self.names = [name for name, _ in first.model.named_parameters()]
+        self.weights = [[p for _, p in step.model.named_parameters()] for step in steps]
+        self.losses = torch.func.vmap(self._run_objective, in_dims=(0, 0, 0, 0, 0, None), randomness="different")
+
+    def _run_objective(self, weights, audio, res152, r2plus1d, labels, global_size):
+        first = self.steps[0]
+        with autocast(first.device, first.precision):
+            output = torch.func.functional_call(self.template, weights, (audio, res152, r2plus1d))
+        return first.objective(output, labels, global_size)
+
+    def __call__(self, indices: list[torch.Tensor], global_size: int) -> None:
+        """One step of every run, run i on the videos at `indices[i]` of the shared training tensors."""
+        first = self.steps[0]
+        inputs = [
+            torch.stack([t.index_select(0, index) for index in indices]).to(first.device, non_blocking=True)
+            for t in (*first.tensors, first.labels)
+        ]
+        weights = {name: torch.stack(tensors) for name, tensors in zip(self.names, zip(*self.weights))}
+        with warnings.catch_warnings():  # vmap runs the one-hot of Gumbel sampling (scatter_) per run, and says so
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            loss, totals = self.losses(weights, *inputs, global_size)  # [S], [S, K]
+        for step in self.steps:
+            step.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # the runs are independent: each run's gradient is that of its own loss
+        for step, run_totals in zip(self.steps, totals.detach().double()):
+            step.optimizer.step()
+            step.sums += run_totals
 
 
 class GraphedTrainStep:

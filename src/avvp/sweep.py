@@ -234,9 +234,13 @@ def run_sweep(
     annotations: str | Path,
     slots: Sequence[str],
     progress: bool = True,
+    stack: bool = False,
 ) -> SweepReport:
     """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in
-    `python -m avvp train` subprocesses. A failed run is reported and the others go on."""
+    `python -m avvp train` subprocesses; with `stack` (one slot only), the unfinished seeds of each row together as
+    one stacked model (`avvp.train.train_stacked`). A failed run is reported and the others go on."""
+    if stack and len(slots) != 1:
+        raise AvvpError("--stack trains in the sweep's own process: use it with one device and one worker")
     from avvp.utils import progress_bar
 
     features, annotations = Path(features).resolve(), Path(annotations).resolve()
@@ -256,7 +260,9 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     with PidLock(out_dir / LOCK_NAME, "another sweep"):
         bar = progress_bar(progress=progress, total=len(todo), desc="sweep", unit="run", position=0)
-        if len(slots) == 1:
+        if stack:
+            _run_stacked(todo, features, annotations, slots[0], report, bar)
+        elif len(slots) == 1:
             _run_in_process(todo, features, annotations, slots[0], report, bar)
         else:
             _run_subprocesses(todo, features, annotations, slots, report, bar, out_dir / "logs")
@@ -289,6 +295,30 @@ def _run_in_process(
             report.failed[run.name] = str(err)
             log.error("%s failed: %s", run.name, err)
         bar.update(1)
+
+
+def _run_stacked(
+    todo: list[tuple[PlannedRun, str]], features: Path, annotations: Path, device: str, report: SweepReport, bar
+) -> None:
+    """Each row's unfinished runs (its seeds) trained together, stacked, in this process."""
+    from avvp.train import train_stacked
+
+    groups: dict[str, list[tuple[PlannedRun, str]]] = {}
+    for run, status in todo:
+        groups.setdefault(run.config.name, []).append((run, status))
+    for group in groups.values():
+        names = ", ".join(run.name for run, _ in group)
+        bar.set_postfix_str(names)
+        resume = [_record_start(run, status, report) for run, status in group]
+        log.info("%s: training %d run(s) stacked on %s", names, len(group), device)
+        try:
+            train_stacked([run.train for run, _ in group], features=features, annotations=annotations,
+                          out_dirs=[run.run_dir for run, _ in group], device=device, resume=resume)  # fmt: skip
+        except AvvpError as err:
+            for run, _ in group:
+                report.failed[run.name] = str(err)
+            log.error("%s failed: %s", names, err)
+        bar.update(len(group))
 
 
 def train_command(run: PlannedRun, features: Path, annotations: Path, device: str, resume: bool) -> list[str]:

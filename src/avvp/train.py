@@ -11,12 +11,14 @@ the loss is scaled so that the result equals one process with the same global ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from avvp.metrics import Scores, evaluate, format_scores, parse_predictions, tok
 from avvp.models import count_parameters, create_model
 from avvp.recipe import TrainConfig
 from avvp.run_folder import PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
-from avvp.steps import GraphedTrainStep, TrainStep, make_optimizer
+from avvp.steps import GraphedTrainStep, StackedTrainStep, TrainStep, make_optimizer
 from avvp.utils import (
     atomic_torch_save,
     atomic_write_text,
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".train.lock"  # held in the run folder while a process writes it
 STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_epoch", "best_val_type")  # of last.pt
 
-__all__ = ["TrainConfig", "TrainResult", "score_split", "train"]
+__all__ = ["TrainConfig", "TrainResult", "score_split", "train", "train_stacked"]
 
 
 @dataclass
@@ -90,6 +92,7 @@ class _Run:
     best_epoch: int = 0
     best_type: float = -math.inf
     resumed_changes: dict[str, list[Any]] = field(default_factory=dict)  # safe settings changed by this resume
+    label: str = ""  # printed before each epoch line where several runs train together
 
     @property
     def state_path(self) -> Path:
@@ -122,6 +125,7 @@ def train(
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         paths = (Path(features), Path(annotations), Path(out_dir))
         run = _set_up(config, *paths, device, resume, progress, val_features, skip_bad_rows, held)
+        run.stepper = _make_stepper(run)
         train_seconds = 0.0
         for epoch in range(run.start_epoch, config.epochs + 1):
             started = time.perf_counter()
@@ -139,6 +143,91 @@ def train(
     return TrainResult(run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, parameters)
 
 
+def train_stacked(
+    configs: Sequence[TrainConfig],
+    *,
+    features: str | Path,
+    annotations: str | Path,
+    out_dirs: Sequence[str | Path],
+    device: torch.device | str = "cpu",
+    resume: Sequence[bool] | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train several runs of one configuration at once as one stacked model (typically the seeds of a sweep row).
+
+    The configs may differ only in seed and epochs. Each run writes the run folder `train` writes, from the same
+    initial weights and shuffled batches as when trained alone; its steps are `avvp.steps.StackedTrainStep`s, whose
+    maths is each run's own but whose drop-path, dropout and Gumbel noise comes from one stream shared by the runs
+    (config.json lists them under "stacked"). `resume[i]` resumes run i from its last.pt; runs saved at different
+    epochs catch up in turn. The training time of a stacked epoch is counted for each of its runs.
+    """
+    _check_stackable(configs)
+    with contextlib.ExitStack() as held:
+        runs: list[_Run] = []
+        for config, out_dir, resumed in zip(configs, out_dirs, resume or [False] * len(configs), strict=True):
+            data = (runs[0].train_data, runs[0].val_data) if runs else None
+            paths = (Path(features), Path(annotations), Path(out_dir))
+            runs.append(_set_up(config, *paths, device, resumed, progress, None, False, held, data))
+        _share_training_tensors(runs)
+        seconds = {id(run): 0.0 for run in runs}
+        for epoch in range(min(run.start_epoch for run in runs), max(run.config.epochs for run in runs) + 1):
+            active = [run for run in runs if run.start_epoch <= epoch <= run.config.epochs]
+            started = time.perf_counter()
+            ends = _train_stacked_epoch(active, epoch)
+            elapsed = time.perf_counter() - started
+            for run, (losses, lr) in zip(active, ends):
+                seconds[id(run)] += elapsed
+                best = _validate(run, epoch, losses, lr, elapsed, started)
+                _save_state(run, epoch)
+                if best is not None:
+                    save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
+        scores = [_test(run) for run in runs]
+    return [
+        TrainResult(run.out_dir, run.best_epoch, run.best_type, test, seconds[id(run)], count_parameters(run.model))
+        for run, test in zip(runs, scores)
+    ]
+
+
+def _check_stackable(configs: Sequence[TrainConfig]) -> None:
+    if not configs:
+        raise AvvpError("no run to train")
+    first = dataclasses.replace(configs[0], seed=0, epochs=1)
+    for config in configs[1:]:
+        other = dataclasses.replace(config, seed=0, epochs=1)
+        differences = [k for k, v in first.to_dict().items() if other.to_dict()[k] != v]
+        if differences:
+            raise AvvpError(f"stacked runs must differ only in seed and epochs, not in {', '.join(differences)}")
+    unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
+    if unsupported:
+        raise AvvpError(f"stacked runs: {', '.join(unsupported)} not supported; train these runs one at a time")
+
+
+def _share_training_tensors(runs: list[_Run]) -> None:
+    """One set of training tensors for all the runs, each with its own `TrainStep`; notes the stacking in their
+    config.json."""
+    if runs[0].ctx.enabled:
+        raise AvvpError("stacked runs train in one process, not under torchrun")
+    tensors, labels = _train_tensors(runs[0])
+    names = [run.out_dir.name for run in runs]
+    for run in runs:
+        run.label = f"{run.out_dir.name}: "
+        run.index_device = runs[0].index_device
+        run.stepper = TrainStep(run.model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
+        record = read_run_record(run.out_dir) or {}
+        record["stacked"] = {"runs": names, "noise": "one drop-path/dropout/Gumbel stream shared by these runs"}
+        atomic_write_text(run.out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def _train_stacked_epoch(runs: list[_Run], epoch: int) -> list[tuple[dict[str, float], float]]:
+    """One epoch of every run in `runs`, stacked, each in its own random order; their mean losses and lr."""
+    batches = [_epoch_batches(run) for run in runs]
+    stacked = StackedTrainStep([run.stepper for run in runs])  # type: ignore[misc]
+    desc = f"epoch {epoch}/{runs[0].config.epochs} ({len(runs)} runs stacked)"
+    for step in progress_bar(range(len(batches[0])), progress=runs[0].progress, desc=desc, unit="step"):
+        stacked([run_batches[step] for run_batches in batches], len(batches[0][step]))
+    return [_end_epoch(run, epoch) for run in runs]
+
+
 # ------------------------------------------------------------------------------------------------ set-up
 
 
@@ -153,17 +242,17 @@ def _set_up(
     val_features: str | Path | None,
     skip_bad_rows: bool,
     held: contextlib.ExitStack,
+    data: tuple[SplitData, SplitData | None] | None = None,
 ) -> _Run:
-    """The run's model, optimiser, data and step, resumed from last.pt with `resume`; config.json written.
+    """The run's model, optimiser and data (`data`: the train and val splits when already loaded), resumed from
+    last.pt with `resume`; config.json written. The step is made afterwards (`_make_stepper`).
 
     Every split's features are checked before the run folder is touched; the main process then takes the folder's
     lock (into `held`) and decides, from what the folder holds, whether the run is new or resumed."""
     device, ctx = _device_and_context(torch.device(device))
-    load = functools.partial(load_split_data, annotations=annotations, skip_bad_rows=skip_bad_rows)
-    train_data = load(features, name="train", limit=config.max_train_videos, stream=config.stream)
-    val_data = load(Path(val_features or features), name="val") if ctx.is_main else None
-    if ctx.is_main:  # the test split is scored after the last epoch: fail now, not then
-        check_split_features(features, annotations, "test", skip_bad_rows=skip_bad_rows)
+    if data is None:
+        data = _load_data(config, features, annotations, val_features, skip_bad_rows, ctx)
+    train_data, val_data = data
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = create_model(config.model, **config.model_overrides).to(device)
     seed_noise(config.seed, ctx)
@@ -197,8 +286,25 @@ def _set_up(
         _resume(run)
     if ctx.is_main:
         _write_run_record(run, record, resumed)
-    run.stepper = _make_stepper(run)
     return run
+
+
+def _load_data(
+    config: TrainConfig,
+    features: Path,
+    annotations: Path,
+    val_features: str | Path | None,
+    skip_bad_rows: bool,
+    ctx: DistributedContext,
+) -> tuple[SplitData, SplitData | None]:
+    """The training split and (main process) the validation split; the test split's features are checked, since
+    it is scored after the last epoch: fail now, not then."""
+    load = functools.partial(load_split_data, annotations=annotations, skip_bad_rows=skip_bad_rows)
+    train_data = load(features, name="train", limit=config.max_train_videos, stream=config.stream)
+    val_data = load(Path(val_features or features), name="val") if ctx.is_main else None
+    if ctx.is_main:
+        check_split_features(features, annotations, "test", skip_bad_rows=skip_bad_rows)
+    return train_data, val_data
 
 
 def _device_and_context(device: torch.device) -> tuple[torch.device, DistributedContext]:
@@ -322,15 +428,20 @@ def _run_record(run: _Run) -> dict[str, Any]:
     }
 
 
-def _make_stepper(run: _Run) -> TrainStep | GraphedTrainStep:
-    """The step over the training tensors (on the device once when they fit; none when streaming), through
-    torch.compile and DDP where asked for."""
+def _train_tensors(run: _Run) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The training features (on the device once when they fit; none when streaming) and labels."""
     labels = torch.as_tensor(run.train_data.split.labels, dtype=torch.float32)
     tensors: tuple[torch.Tensor, ...] = ()
     if not run.config.stream:
         tensors = feature_tensors(run.train_data, run.device)
         labels = labels.to(tensors[0].device)
         run.index_device = tensors[0].device
+    return tensors, labels
+
+
+def _make_stepper(run: _Run) -> TrainStep | GraphedTrainStep:
+    """The step over the training tensors, through torch.compile and DDP where asked for."""
+    tensors, labels = _train_tensors(run)
     step_model: nn.Module = run.model
     if run.config.compile:
         step_model = torch.compile(step_model)
@@ -348,13 +459,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float]:
     """One pass over the training split in a fresh random order; returns the mean loss terms and the epoch's
     learning rate (the schedule steps once per epoch, afterwards)."""
     config, ctx = run.config, run.ctx
-    run.model.train()
-    count = len(run.train_data.split.filenames)
-    order = torch.randperm(count, generator=run.shuffle).to(run.index_device)
-    steps = math.ceil(count / config.batch_size)
-    batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(steps)]
+    batches = _epoch_batches(run)
     bar = progress_bar(
-        range(steps), progress=run.progress and ctx.is_main, desc=f"epoch {epoch}/{config.epochs}", unit="step"
+        range(len(batches)), progress=run.progress and ctx.is_main, desc=f"epoch {epoch}/{config.epochs}", unit="step"
     )
     if config.stream:
         for step, inputs in zip(bar, _streamed(run, batches)):
@@ -363,6 +470,20 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float]:
         for step in bar:
             batch = batches[step]
             run.stepper(batch[ctx.rank :: ctx.world_size], len(batch))  # this process's shard
+    return _end_epoch(run, epoch)
+
+
+def _epoch_batches(run: _Run) -> list[torch.Tensor]:
+    """The epoch's batches of video indices, in a fresh random order from the run's shuffle generator."""
+    run.model.train()
+    count, size = len(run.train_data.split.filenames), run.config.batch_size
+    order = torch.randperm(count, generator=run.shuffle).to(run.index_device)
+    return [order[i * size : (i + 1) * size] for i in range(math.ceil(count / size))]
+
+
+def _end_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float]:
+    """The epoch's mean loss terms (stopping on a non-finite one) and learning rate; steps the schedule."""
+    count, ctx = len(run.train_data.split.filenames), run.ctx
     sums = run.stepper.take_sums()
     if not all(math.isfinite(v) for v in sums.values()):
         raise AvvpError(
@@ -422,7 +543,7 @@ def _validate(
     _append_jsonl(run.metrics_path, record)
     type_score = scores.segment["type"]
     message = (
-        f"epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
+        f"{run.label}epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
         f"Event@AV {scores.segment['event']:.2f} ({seconds:.0f} s)"
     )
     best = None

@@ -71,6 +71,13 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
         "cores shared between them, or 2 per GPU with --devices",
     )  # fmt: skip
     parser.add_argument(
+        "--stack", action="store_true",
+        help="train the seeds of each row together in this process, as one stacked model (torch.func.vmap): one "
+        "call per layer for all seeds. Each run keeps its own initial weights, batches and Adam; the drop-path, "
+        "dropout and Gumbel noise comes from one stream shared by the seeds. Pays where per-call cost dominates "
+        "(GPUs, small models); see bench/README.md. One device, one worker",
+    )  # fmt: skip
+    parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
     )
 
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         slots = worker_devices(_devices(args), args.workers)
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_record(out, args.sweep_kind, runs, features, annotations)
-        report = run_sweep(runs, features=features, annotations=annotations, slots=slots)
+        report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
         failed = report.failed
         print(
             f"sweep {args.sweep_kind}: {len(report.reused)} run(s) reused, {len(report.trained)} trained, "
