@@ -23,6 +23,10 @@ timeout 200 python -m avvp train --model mgn --features "$DATA/packs" --annotati
   --device cuda --cuda-graphs 2>&1 | grep -v "it/s\]\|step/s\]\|video/s\]" | tail -8
 echo "### full recipe wall seconds: $(python -c "import time; print(round(time.time() - $start, 1))")"
 run timeout 40 python bench/gpu_checks.py precision "$OUT/recipe" "$DATA"
+echo "### stacked sweep: the seeds of a row as one stacked model vs one run at a time"
+run timeout 300 python bench/sweep.py --device cuda --data "$DATA" --train 10000 --val 649 --test 1200 \
+  --max-train-videos 2000 --dim 0 --configs mgn-3-3-6 --seeds 1,2,3,4 --epochs 3 --arms workers1,stack \
+  --out "$OUT/sweeps"
 } 2>&1 | tee "$OUT/gpu_log.txt"
 cp "$OUT"/recipe/metrics.jsonl "$OUT"/recipe_metrics.jsonl 2>/dev/null
 rm -rf "$OUT"/recipe

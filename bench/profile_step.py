@@ -2,6 +2,7 @@
 
     python bench/profile_step.py                     # MGN (3,3,6) and HAN, batch 16, fp32 and bf16
     python bench/profile_step.py --models mgn --precisions fp32 --steps 50
+    python bench/profile_step.py --stack 3 --dims 32,128  # S runs stacked (StackedTrainStep) vs S steps one by one
 
 One step is exactly what `avvp train` runs (`avvp.steps.TrainStep`: forward, the recipe's loss, backward, fused
 Adam) on fixed random tensors shaped like a training batch (ResNet-152 already averaged per second, as in
@@ -10,6 +11,8 @@ training). Printed, per model and precision:
 - FLOPs of one step (torch's FLOP counter) and the achieved GFLOP/s, as a share of the dense GEMM rate measured
   in the same run (a 2048 x 2048 fp32 matrix product, median of 20);
 - the step's self CPU time by op kind (torch.profiler), and the forward time per top-level module.
+With --stack S: the time of S runs' steps taken one by one (S `TrainStep`s) against one `StackedTrainStep` of the
+S runs, per model width (--dims), and the ratio (what `avvp sweep --stack` gains per step).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from avvp.distributed import DistributedContext
 from avvp.models import create_model
 from avvp.recipe import TrainConfig
-from avvp.steps import TrainStep, make_optimizer
+from avvp.steps import StackedTrainStep, TrainStep, make_optimizer
 
 BATCH = 16
 OP_KINDS = {  # op name fragment -> kind, first match wins
@@ -53,31 +56,49 @@ def gemm_rate(size: int = 2048, repeats: int = 20) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def make_step(name: str, precision: str) -> tuple[TrainStep, tuple[torch.Tensor, ...]]:
-    torch.manual_seed(0)
-    model = create_model(name).train()
+def make_step(
+    name: str, precision: str, *, seed: int = 0, dim: int | None = None
+) -> tuple[TrainStep, tuple[torch.Tensor, ...]]:
+    """A training step of a fresh model (its default width, or `dim`) and a batch of random tensors; the tensors
+    are also the step's training set, so that `step.run(index)` takes them as `avvp train` does."""
+    torch.manual_seed(seed)
+    model = create_model(name, **({"dim": dim} if dim else {})).train()
     config = TrainConfig(model=name, precision=precision)
     optimizer = make_optimizer(model, config.lr)
-    step = TrainStep(model, optimizer, (), torch.zeros(0), config, torch.device("cpu"), precision, DistributedContext())
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     batch = (
         torch.randn(BATCH, 10, 128, generator=generator),
         torch.rand(BATCH, 10, 2048, generator=generator),
         torch.rand(BATCH, 10, 512, generator=generator),
         (torch.rand(BATCH, 25, generator=generator) < 0.1).float(),
     )
-    return step, batch
+    cpu, ctx = torch.device("cpu"), DistributedContext()
+    return TrainStep(model, optimizer, batch[:3], batch[3], config, cpu, precision, ctx), batch
 
 
-def step_time(step: TrainStep, batch: tuple[torch.Tensor, ...], steps: int) -> float:
+def timed(function, steps: int) -> float:
+    """Median seconds of `function()` over `steps` calls, after 5 warm-up calls."""
     for _ in range(5):
-        step.step(*batch, BATCH)
+        function()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        step.step(*batch, BATCH)
+        function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def stacking(name: str, precision: str, runs: int, dim: int | None, steps: int) -> tuple[float, float]:
+    """Seconds for one step of each of `runs` runs taken one by one, and for one stacked step of all of them."""
+    made = [make_step(name, precision, seed=seed, dim=dim)[0] for seed in range(runs)]
+    index = torch.arange(BATCH)
+    one_by_one = timed(lambda: [step.run(index, BATCH) for step in made], steps)
+    stacked = StackedTrainStep(made)
+    return one_by_one, timed(lambda: stacked([index] * runs, BATCH), steps)
+
+
+def step_time(step: TrainStep, batch: tuple[torch.Tensor, ...], steps: int) -> float:
+    return timed(lambda: step.step(*batch, BATCH), steps)
 
 
 def step_flops(step: TrainStep, batch: tuple[torch.Tensor, ...]) -> int:
@@ -120,15 +141,32 @@ def module_forward_times(step: TrainStep, batch: tuple[torch.Tensor, ...], steps
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
+def print_stacking(args: argparse.Namespace) -> None:
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.stack} runs, batch {BATCH} each")
+    for name in args.models.split(","):
+        for precision in args.precisions.split(","):
+            for dim in (int(d) for d in args.dims.split(",")):
+                alone, stacked = stacking(name, precision, args.stack, dim or None, args.steps)
+                print(
+                    f"{name.upper()} {precision} width {dim or 'default'}: one by one {alone * 1e3:.1f} ms, stacked "
+                    f"{stacked * 1e3:.1f} ms: {alone / stacked:.2f}x"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mgn,han", help="comma-separated models (default: mgn,han)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated precisions (default: fp32,bf16)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row (default: 30)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--stack", type=int, metavar="S", help="time S runs stacked against one by one instead")
+    parser.add_argument("--dims", default="32,128", help="model widths for --stack (default: 32,128; 0 = default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stack:
+        print_stacking(args)
+        return
     rate = gemm_rate()
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"dense GEMM rate (2048 x 2048 fp32): {rate:.0f} GFLOP/s\n")

@@ -3,6 +3,7 @@
     python bench/sweep.py                                   # documented small setting: width 32, 400 videos
     python bench/sweep.py --dim 0 --configs han,mgn-3-3-6   # the papers' widths, two rows only
     python bench/sweep.py --arms workers1,workers2          # choose the arms
+    python bench/sweep.py --device cuda --dim 0 --arms workers1,stack ...   # on a GPU (bench/gpu.sh)
 
 Each arm runs the same `avvp sweep depth` command (a subprocess, timed whole: start-up, training, validation,
 test, tables) into a fresh folder and prints its runs per hour and the ratio to one at a time:
@@ -43,7 +44,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "avvp", "sweep", "depth", "--features", str(args.data / "feats")]
     command += ["--annotations", str(args.data), "--out", str(out), "--seeds", args.seeds]
-    command += ["--epochs", str(args.epochs), "--device", "cpu", *ARMS[arm]]
+    command += ["--epochs", str(args.epochs), "--device", args.device, *ARMS[arm]]
+    if args.max_train_videos:
+        command += ["--max-train-videos", str(args.max_train_videos)]
     if args.dim:
         command += ["--dim", str(args.dim)]
     if args.configs:
@@ -67,13 +70,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (default: 4)")
     parser.add_argument("--dim", type=int, default=32, help="model width of every run; 0 = the papers' (default: 32)")
     parser.add_argument("--configs", help="rows of the depth sweep (default: all seven)")
+    parser.add_argument("--max-train-videos", type=int, help="train on the first N training videos only")
+    parser.add_argument("--device", default="cpu", help="device of every run (default: cpu)")
     parser.add_argument("--arms", default="workers1,workers2,stack", help="comma-separated arms (default: all)")
     args = parser.parse_args()
     prepare_data(args.data, args.train, args.val, args.test)
     runs = len(args.seeds.split(",")) * (len(args.configs.split(",")) if args.configs else 7)
     width = f"width {args.dim}" if args.dim else "the papers' widths"
-    print(f"avvp sweep depth on LLP-Synth ({args.train} train videos), {runs} runs of {args.epochs} epochs, {width}, "
-          f"{os.cpu_count()} cores")
+    videos = min(args.train, args.max_train_videos or args.train)
+    print(f"avvp sweep depth on LLP-Synth ({videos} train videos), {runs} runs of {args.epochs} epochs, {width}, "
+          f"device {args.device}, {os.cpu_count()} cores")
     baseline = None
     for arm in args.arms.split(","):
         seconds = run_arm(arm, args, args.out / arm)

@@ -153,6 +153,16 @@ def test_sweep_stack_trains_each_rows_seeds_together(tiny_llp, tmp_path, capsys)
     assert "mgn-1-1-2-seed2: epoch 1/1" in capsys.readouterr().out
 
 
+def test_sweep_stack_trains_han_rows_one_run_at_a_time(tiny_llp, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    assert main(["sweep", "depth", "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), "--out",
+                 str(out), "--seeds", "1,2", "--epochs", "1", "--batch-size", "8", "--dim", "64", "--configs", "han",
+                 "--device", "cpu", "--stack"]) == 0  # fmt: skip
+    for seed in (1, 2):
+        record = json.loads((out / f"han-seed{seed}" / "config.json").read_text())
+        assert "stacked" not in record and (out / f"han-seed{seed}" / "test_scores.json").exists()
+
+
 def test_sweep_stack_with_several_workers_is_refused(tiny_llp, tmp_path, capsys) -> None:
     assert _sweep(tiny_llp, tmp_path / "sweep", "--stack", "--workers", "2") != 0
     err = capsys.readouterr().err.strip().splitlines()

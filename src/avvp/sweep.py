@@ -43,6 +43,9 @@ ASSIGN_TITLES = {"soft": "Softmax", "hard": "Hard-Softmax"}
 # deleted by a restart.
 TEST_PREDICTIONS = "test_pred.npz"  # predictions of the best checkpoint on test, cached by `avvp plot recall`
 LOCK_NAME = ".sweep.lock"
+# Models whose seeds `--stack` trains together. Not HAN: torch's nn.MultiheadAttention under vmap copies each run's
+# projection weights once per segment, which made a stacked HAN step 3x slower on CPU (bench/README.md, "Sweeps").
+STACKED_MODELS = ("mgn",)
 
 
 @dataclass(frozen=True)
@@ -300,12 +303,15 @@ def _run_in_process(
 def _run_stacked(
     todo: list[tuple[PlannedRun, str]], features: Path, annotations: Path, device: str, report: SweepReport, bar
 ) -> None:
-    """Each row's unfinished runs (its seeds) trained together, stacked, in this process."""
+    """Each MGN row's unfinished runs (its seeds) trained together, stacked, in this process; HAN's one at a time."""
     from avvp.train import train_stacked
 
     groups: dict[str, list[tuple[PlannedRun, str]]] = {}
     for run, status in todo:
-        groups.setdefault(run.config.name, []).append((run, status))
+        if run.train.model in STACKED_MODELS:
+            groups.setdefault(run.config.name, []).append((run, status))
+    _run_in_process([item for item in todo if item[0].train.model not in STACKED_MODELS], features, annotations,
+                    device, report, bar)  # fmt: skip
     for group in groups.values():
         names = ", ".join(run.name for run, _ in group)
         bar.set_postfix_str(names)

@@ -75,7 +75,8 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
         help="train the seeds of each row together in this process, as one stacked model (torch.func.vmap): one "
         "call per layer for all seeds. Each run keeps its own initial weights, batches and Adam; the drop-path, "
         "dropout and Gumbel noise comes from one stream shared by the seeds. Pays where per-call cost dominates "
-        "(GPUs, small models); see bench/README.md. One device, one worker",
+        "(GPUs, small models); see bench/README.md. MGN rows only (HAN rows train one run at a time). One device, one "
+        "worker",
     )  # fmt: skip
     parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"

@@ -165,13 +165,14 @@ class Assignment(nn.Module):
     def forward(self, groups: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """groups [B, S, C], x [B, L, C] -> (out [B, S, C], maps {'hard', 'soft'}: [B, S, L])."""
         logits = self.q_proj(groups) @ self.k_proj(x).transpose(1, 2) * self.scale  # [B, S, L]
+        soft = logits.softmax(dim=1)
         if self.kind == "soft":
-            assign = logits.softmax(dim=1)
+            assign = soft
         elif self.training:
             assign = F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
         else:
             assign = hard_softmax(logits, dim=1)
-        maps = {"hard": assign, "soft": 1.0 + logits.softmax(dim=1).softmax(dim=2)}
+        maps = {"hard": assign, "soft": 1.0 + soft.softmax(dim=2)}
         weights = assign / (assign.sum(dim=2, keepdim=True) + 1.0)  # [B, S, L]
         return self.proj(weights @ self.v_proj(x)), maps
 
