@@ -8,8 +8,10 @@
 Each arm runs the same `avvp sweep depth` command (a subprocess, timed whole: start-up, training, validation,
 test, tables) into a fresh folder and prints its runs per hour and the ratio to one at a time:
 - `workers1`: one run at a time in the sweep's process, all cores (`--workers 1`, the one-at-a-time baseline);
-- `workers2`: two `avvp train` subprocesses at once, the cores split between them (`--workers 2`);
-- `stack`: the seeds of each row trained together as one stacked model in one process (`--stack`).
+- `workers2`: two worker processes, each training one run after another, the cores split between them
+  (`--workers 2`);
+- `stack`: the seeds of each MGN row trained together as one stacked model in one process (`--stack`);
+- `stack-workers2`: both (`--stack --workers 2`): each worker takes a stacked row or a HAN run at a time.
 Data: LLP-Synth (--train/--val/--test videos, seed 0) generated once into --data.
 """
 
@@ -27,6 +29,7 @@ ARMS = {
     "workers1": ["--workers", "1"],
     "workers2": ["--workers", "2"],
     "stack": ["--workers", "1", "--stack"],
+    "stack-workers2": ["--workers", "2", "--stack"],
 }
 
 
@@ -72,7 +75,7 @@ def main() -> None:
     parser.add_argument("--configs", help="rows of the depth sweep (default: all seven)")
     parser.add_argument("--max-train-videos", type=int, help="train on the first N training videos only")
     parser.add_argument("--device", default="cpu", help="device of every run (default: cpu)")
-    parser.add_argument("--arms", default="workers1,workers2,stack", help="comma-separated arms (default: all)")
+    parser.add_argument("--arms", default="workers1,workers2,stack,stack-workers2", help="comma-separated arms (default: all)")
     args = parser.parse_args()
     prepare_data(args.data, args.train, args.val, args.test)
     runs = len(args.seeds.split(",")) * (len(args.configs.split(",")) if args.configs else 7)
@@ -85,7 +88,7 @@ def main() -> None:
         seconds = run_arm(arm, args, args.out / arm)
         per_hour = runs * 3600 / seconds
         baseline = baseline or per_hour
-        print(f"{arm:9s} {seconds:7.1f} s  {per_hour:6.1f} runs/hour  {per_hour / baseline:.2f}x", flush=True)
+        print(f"{arm:15s} {seconds:7.1f} s  {per_hour:6.1f} runs/hour  {per_hour / baseline:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,14 @@ def test_sweep_stack_trains_han_rows_one_run_at_a_time(tiny_llp, tmp_path) -> No
         assert "stacked" not in record and (out / f"han-seed{seed}" / "test_scores.json").exists()
 
 
-def test_sweep_stack_with_several_workers_is_refused(tiny_llp, tmp_path, capsys) -> None:
-    assert _sweep(tiny_llp, tmp_path / "sweep", "--stack", "--workers", "2") != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["avvp sweep: error: --stack trains in the sweep's own process: use it with one device and one worker"]
+def test_sweep_stack_with_two_workers_trains_each_row_in_one_worker(tiny_llp, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    assert main(["sweep", "depth", "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), "--out",
+                 str(out), "--seeds", "1,2", "--epochs", "1", "--batch-size", "8", "--dim", "32", "--configs",
+                 "mgn-1-1-2,mgn-2-2-4", "--device", "cpu", "--stack", "--workers", "2"]) == 0  # fmt: skip
+    for row in ("mgn-1-1-2", "mgn-2-2-4"):
+        log = (out / "logs" / f"{row}-seed1+2.log").read_text()
+        assert f"{row}-seed2: epoch 1/1" in log and log.count("# alone: ") == 2
+        for seed in (1, 2):
+            record = json.loads((out / f"{row}-seed{seed}" / "config.json").read_text())
+            assert record["stacked"]["runs"] == [f"{row}-seed1", f"{row}-seed2"]

@@ -10,19 +10,18 @@ run folder, OUT/<config>-seed<k>/, so a sweep is resumable by looking at the fol
 
 A run folder whose config.json disagrees with the sweep (other epochs, seed, model, data ...) is never reused
 silently: the sweep stops and says so. With one worker the runs train in this process; with several (`--workers N`
-or `--devices a,b`) each run is a `python -m avvp train` subprocess bound to one device, with its log in OUT/logs/.
+or `--devices a,b`) in worker processes (`avvp.workers`), each bound to one device and taking one run after another,
+with each run's log in OUT/logs/. With `--stack`, the seeds of each MGN row train together as one stacked model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-import subprocess
 import sys
-import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,11 +238,10 @@ def run_sweep(
     progress: bool = True,
     stack: bool = False,
 ) -> SweepReport:
-    """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in
-    `python -m avvp train` subprocesses; with `stack` (one slot only), the unfinished seeds of each row together as
-    one stacked model (`avvp.train.train_stacked`). A failed run is reported and the others go on."""
-    if stack and len(slots) != 1:
-        raise AvvpError("--stack trains in the sweep's own process: use it with one device and one worker")
+    """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in worker
+    processes (`avvp.workers`) with their logs in OUT/logs/. With `stack`, the unfinished seeds of each MGN row are
+    one job, trained together as one stacked model (`avvp.train.train_stacked`). A failed job is reported and the
+    others go on."""
     from avvp.utils import progress_bar
 
     features, annotations = Path(features).resolve(), Path(annotations).resolve()
@@ -261,20 +259,72 @@ def run_sweep(
         return report
     out_dir = runs[0].run_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = make_jobs(todo, stack, report)
+    work = functools.partial(train_job, features=features, annotations=annotations)
     with PidLock(out_dir / LOCK_NAME, "another sweep"):
         bar = progress_bar(progress=progress, total=len(todo), desc="sweep", unit="run", position=0)
-        if stack:
-            _run_stacked(todo, features, annotations, slots[0], report, bar)
-        elif len(slots) == 1:
-            _run_in_process(todo, features, annotations, slots[0], report, bar)
+
+        def done(job: SweepJob, reason: str | None) -> None:
+            if reason is not None:
+                report.failed.update({run.name: reason for run in job.runs})
+                log.error("%s failed: %s", job.name, reason)
+            bar.update(len(job.runs))
+
+        if len(slots) == 1:
+            for job in jobs:
+                bar.set_postfix_str(job.name)
+                log.info("%s: %s on %s", job.name, job.describe(), slots[0])
+                try:
+                    work(job, slots[0])
+                    done(job, None)
+                except AvvpError as err:
+                    done(job, str(err))
         else:
-            _run_subprocesses(todo, features, annotations, slots, report, bar, out_dir / "logs")
+            from avvp.workers import run_in_workers
+
+            by_name = {job.name: job for job in jobs}
+            entries = _job_logs(jobs, out_dir / "logs", features, annotations)
+            threads = _threads_per_worker(len(slots))
+            run_in_workers(entries, work, slots, threads, lambda name, reason: done(by_name[name], reason))
         bar.close()
     return report
 
 
+@dataclass(frozen=True)
+class SweepJob:
+    """What a worker trains in one go: one run, or the seeds of one MGN row stacked."""
+
+    runs: tuple[PlannedRun, ...]
+    resume: tuple[bool, ...]  # per run: continue from its last.pt
+
+    @property
+    def name(self) -> str:
+        if len(self.runs) == 1:
+            return self.runs[0].name
+        return f"{self.runs[0].config.name}-seed{'+'.join(str(run.seed) for run in self.runs)}"
+
+    def describe(self) -> str:
+        if len(self.runs) > 1:
+            return f"training {len(self.runs)} runs stacked"
+        return "resuming" if self.resume[0] else "training"
+
+
+def make_jobs(todo: Sequence[tuple[PlannedRun, str]], stack: bool, report: SweepReport) -> list[SweepJob]:
+    """One job per run, or with `stack` one per MGN row (its unfinished seeds); records each run as trained or
+    resumed in `report`."""
+    groups: dict[str, list[tuple[PlannedRun, str]]] = {}
+    for run, status in todo:
+        stacked = stack and run.train.model in STACKED_MODELS
+        groups.setdefault(run.config.name if stacked else run.name, []).append((run, status))
+    jobs = []
+    for group in groups.values():
+        resume = tuple(_record_start(run, status, report) for run, status in group)
+        jobs.append(SweepJob(tuple(run for run, _ in group), resume))
+    return jobs
+
+
 def _record_start(run: PlannedRun, status: str, report: SweepReport) -> bool:
-    """Clear a partial folder; returns whether the run resumes from last.pt."""
+    """Returns whether the run resumes from last.pt (a partial folder without it is cleared by `train`)."""
     if status == "restart":  # `train` clears the folder itself, under the folder's lock
         log.info("%s: unfinished and without last.pt; starting it again", run.name)
     resume = status == "resume"
@@ -282,49 +332,30 @@ def _record_start(run: PlannedRun, status: str, report: SweepReport) -> bool:
     return resume
 
 
-def _run_in_process(
-    todo: list[tuple[PlannedRun, str]], features: Path, annotations: Path, device: str, report: SweepReport, bar
-) -> None:
-    from avvp.train import train
+def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) -> None:
+    """Train a job: a single run as `avvp train` would, several together with `train_stacked`."""
+    from avvp.train import train, train_stacked
 
-    for run, status in todo:
-        bar.set_postfix_str(run.name)
-        resume = _record_start(run, status, report)
-        log.info("%s: %s on %s", run.name, "resuming" if resume else "training", device)
-        try:
-            train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
-                  resume=resume)  # fmt: skip
-        except AvvpError as err:
-            report.failed[run.name] = str(err)
-            log.error("%s failed: %s", run.name, err)
-        bar.update(1)
+    if len(job.runs) == 1:
+        run = job.runs[0]
+        train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
+              resume=job.resume[0])  # fmt: skip
+        return
+    train_stacked([run.train for run in job.runs], features=features, annotations=annotations,
+                  out_dirs=[run.run_dir for run in job.runs], device=device, resume=list(job.resume))  # fmt: skip
 
 
-def _run_stacked(
-    todo: list[tuple[PlannedRun, str]], features: Path, annotations: Path, device: str, report: SweepReport, bar
-) -> None:
-    """Each MGN row's unfinished runs (its seeds) trained together, stacked, in this process; HAN's one at a time."""
-    from avvp.train import train_stacked
-
-    groups: dict[str, list[tuple[PlannedRun, str]]] = {}
-    for run, status in todo:
-        if run.train.model in STACKED_MODELS:
-            groups.setdefault(run.config.name, []).append((run, status))
-    _run_in_process([item for item in todo if item[0].train.model not in STACKED_MODELS], features, annotations,
-                    device, report, bar)  # fmt: skip
-    for group in groups.values():
-        names = ", ".join(run.name for run, _ in group)
-        bar.set_postfix_str(names)
-        resume = [_record_start(run, status, report) for run, status in group]
-        log.info("%s: training %d run(s) stacked on %s", names, len(group), device)
-        try:
-            train_stacked([run.train for run, _ in group], features=features, annotations=annotations,
-                          out_dirs=[run.run_dir for run, _ in group], device=device, resume=resume)  # fmt: skip
-        except AvvpError as err:
-            for run, _ in group:
-                report.failed[run.name] = str(err)
-            log.error("%s failed: %s", names, err)
-        bar.update(len(group))
+def _job_logs(jobs: list[SweepJob], log_dir: Path, features: Path, annotations: Path) -> list[tuple[str, SweepJob, Path]]:
+    """(name, job, log path) of each job; each log starts with the commands that would train its runs alone."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for job in jobs:
+        log_path = log_dir / f"{job.name}.log"
+        commands = [train_command(r, features, annotations, "DEVICE", resume) for r, resume in zip(job.runs, job.resume)]
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write("".join(f"# alone: {' '.join(command)}\n" for command in commands))
+        entries.append((job.name, job, log_path))
+    return entries
 
 
 def train_command(run: PlannedRun, features: Path, annotations: Path, device: str, resume: bool) -> list[str]:
@@ -347,68 +378,6 @@ def train_command(run: PlannedRun, features: Path, annotations: Path, device: st
 
 def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def _run_subprocesses(
-    todo: list[tuple[PlannedRun, str]],
-    features: Path,
-    annotations: Path,
-    slots: Sequence[str],
-    report: SweepReport,
-    bar,
-    log_dir: Path,
-) -> None:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = str(_threads_per_worker(len(slots)))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    pending = deque(todo)
-    active: dict[int, tuple[subprocess.Popen, PlannedRun, Path, Any]] = {}  # slot -> (process, run, log, handle)
-    try:
-        while pending or active:
-            for slot, device in enumerate(slots):
-                if slot in active or not pending:
-                    continue
-                run, status = pending.popleft()
-                resume = _record_start(run, status, report)
-                log_path = log_dir / f"{run.name}.log"
-                handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed when the process ends)
-                command = train_command(run, features, annotations, device, resume)
-                handle.write(f"$ {' '.join(command)}\n")
-                handle.flush()
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-                active[slot] = (process, run, log_path, handle)
-                log.info("%s: %s on %s (log %s)", run.name, "resuming" if resume else "training", device, log_path)
-            for slot in list(active):
-                process, run, log_path, handle = active[slot]
-                if process.poll() is None:
-                    continue
-                handle.close()
-                del active[slot]
-                if process.returncode != 0:
-                    reason = _last_error_line(log_path) or f"exit status {process.returncode}"
-                    report.failed[run.name] = f"{reason} (log: {log_path})"
-                    log.error("%s failed: %s", run.name, report.failed[run.name])
-                bar.update(1)
-            time.sleep(0.2)
-    except BaseException:
-        for process, _, _, handle in active.values():  # only the processes this sweep started
-            process.terminate()
-        for process, _, _, handle in active.values():
-            process.wait()
-            handle.close()
-        raise
-
-
-def _last_error_line(log_path: Path) -> str:
-    """The last line of a run's log that reads like an error, for the summary."""
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        if "error" in line.lower():
-            return line.strip()
-    return ""
 
 
 # ----------------------------------------------------------------------------------------------------------------

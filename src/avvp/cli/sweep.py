@@ -68,15 +68,15 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument(
         "--workers", type=int, metavar="N",
         help="worker processes (default: one per device); e.g. --workers 2 on CPU trains two runs at once, the "
-        "cores shared between them, or 2 per GPU with --devices",
+        "cores split between them, or 2 per GPU with --devices. A worker is started once and trains one run "
+        "(or stacked row) after another, with each one's log in OUT/logs/",
     )  # fmt: skip
     parser.add_argument(
         "--stack", action="store_true",
-        help="train the seeds of each row together in this process, as one stacked model (torch.func.vmap): one "
-        "call per layer for all seeds. Each run keeps its own initial weights, batches and Adam; the drop-path, "
-        "dropout and Gumbel noise comes from one stream shared by the seeds. Pays where per-call cost dominates "
-        "(GPUs, small models); see bench/README.md. MGN rows only (HAN rows train one run at a time). One device, one "
-        "worker",
+        help="train the seeds of each MGN row together, as one stacked model (torch.func.vmap): one call per layer "
+        "for all seeds. Each run keeps its own initial weights, batches and Adam; the drop-path and Gumbel noise "
+        "comes from one stream shared by the seeds. HAN rows train one run at a time. Pays where per-call cost "
+        "dominates (GPUs, small models); see bench/README.md",
     )  # fmt: skip
     parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
