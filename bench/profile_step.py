@@ -177,8 +177,8 @@ def main() -> None:
             flops = step_flops(step, batch)
             achieved = flops / seconds / 1e9
             print(
-                f"{name.upper()} {precision} batch {BATCH}: {seconds * 1e3:.1f} ms/step, {BATCH / seconds:.0f} videos/s, "
-                f"{flops / 1e9:.2f} GFLOP/step, {achieved:.0f} GFLOP/s = {100 * achieved / rate:.0f}% of the GEMM rate"
+                f"{name.upper()} {precision} batch {BATCH}: {seconds * 1e3:.1f} ms/step, "
+                f"{BATCH / seconds:.0f} videos/s, {flops / 1e9:.2f} GFLOP/step, {achieved:.0f} GFLOP/s = {100 * achieved / rate:.0f}% of the GEMM rate"
             )
             kinds = op_kinds(step, batch)
             total = sum(kinds.values())

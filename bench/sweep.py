@@ -55,7 +55,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> float:
     if args.configs:
         command += ["--configs", args.configs]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1")
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{arm} failed:\n{result.stderr[-2000:]}")
@@ -75,14 +77,18 @@ def main() -> None:
     parser.add_argument("--configs", help="rows of the depth sweep (default: all seven)")
     parser.add_argument("--max-train-videos", type=int, help="train on the first N training videos only")
     parser.add_argument("--device", default="cpu", help="device of every run (default: cpu)")
-    parser.add_argument("--arms", default="workers1,workers2,stack,stack-workers2", help="comma-separated arms (default: all)")
+    parser.add_argument(
+        "--arms", default="workers1,workers2,stack,stack-workers2", help="comma-separated arms (default: all)"
+    )
     args = parser.parse_args()
     prepare_data(args.data, args.train, args.val, args.test)
     runs = len(args.seeds.split(",")) * (len(args.configs.split(",")) if args.configs else 7)
     width = f"width {args.dim}" if args.dim else "the papers' widths"
     videos = min(args.train, args.max_train_videos or args.train)
-    print(f"avvp sweep depth on LLP-Synth ({videos} train videos), {runs} runs of {args.epochs} epochs, {width}, "
-          f"device {args.device}, {os.cpu_count()} cores")
+    print(
+        f"avvp sweep depth on LLP-Synth ({videos} train videos), {runs} runs of {args.epochs} epochs, {width}, "
+        f"device {args.device}, {os.cpu_count()} cores"
+    )
     baseline = None
     for arm in args.arms.split(","):
         seconds = run_arm(arm, args, args.out / arm)

@@ -84,8 +84,9 @@ def test_stacked_runs_equal_the_runs_trained_alone(tiny_llp, tmp_path, no_gumbel
         assert _flat(json.loads((stacked / "test_scores.json").read_text())) == pytest.approx(
             _flat(json.loads((alone / "test_scores.json").read_text())), abs=1e-6
         )
-        torch.testing.assert_close(_val_probabilities(stacked, tiny_llp), _val_probabilities(alone, tiny_llp),
-                                   atol=1e-3, rtol=0)  # fmt: skip (seen: up to 1e-4)
+        torch.testing.assert_close(
+            _val_probabilities(stacked, tiny_llp), _val_probabilities(alone, tiny_llp), atol=1e-3, rtol=0
+        )  # fmt: skip (seen: up to 1e-4)
         assert result.best_epoch == json.loads((alone / "best.json").read_text())["metadata"]["epoch"]
         stacked_record = json.loads((stacked / "config.json").read_text())["stacked"]
         assert stacked_record["runs"] == [d.name for d in stacked_dirs]
@@ -113,14 +114,22 @@ def test_a_stacked_group_resumes_exactly(tiny_llp, tmp_path) -> None:
         assert torch.equal(_val_probabilities(a, tiny_llp), _val_probabilities(b, tiny_llp))
 
 
-def test_runs_saved_at_different_epochs_catch_up(tiny_llp, tmp_path, capsys) -> None:
+def test_runs_saved_at_different_epochs_catch_up(tiny_llp, tmp_path, no_gumbel_noise) -> None:
+    """Run 1 saved after epoch 2, run 2 after epoch 1: run 2 trains epoch 2 alone, then both epoch 3 stacked; the
+    result equals each run trained straight through, alone (noise taken out)."""
+    straight = [tmp_path / "straight1", tmp_path / "straight2"]
     dirs = [tmp_path / "a", tmp_path / "b"]
+    for seed, run_dir in zip((1, 2), straight):
+        train(_config("mgn", seed, 3), out_dir=run_dir, **_paths(tiny_llp))
     train(_config("mgn", 1, 2), out_dir=dirs[0], **_paths(tiny_llp))
     train(_config("mgn", 2, 1), out_dir=dirs[1], **_paths(tiny_llp))
     train_stacked([_config("mgn", 1, 3), _config("mgn", 2, 3)], out_dirs=dirs, resume=[True, True],
                   **_paths(tiny_llp))  # fmt: skip
-    for run_dir in dirs:
-        assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2, 3]
+    for run_dir, reference in zip(dirs, straight):
+        metrics, expected = _metrics(run_dir), _metrics(reference)
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        for a, b in zip(expected, metrics, strict=True):
+            assert a["lr"] == b["lr"] and b["loss"] == pytest.approx(a["loss"], rel=5e-4)
         assert (run_dir / "test_scores.json").exists()
 
 
@@ -161,6 +170,19 @@ def test_sweep_stack_trains_han_rows_one_run_at_a_time(tiny_llp, tmp_path) -> No
     for seed in (1, 2):
         record = json.loads((out / f"han-seed{seed}" / "config.json").read_text())
         assert "stacked" not in record and (out / f"han-seed{seed}" / "test_scores.json").exists()
+
+
+def test_one_bad_run_of_a_stacked_row_fails_alone(tiny_llp, tmp_path, capsys) -> None:
+    out = tmp_path / "sweep"
+    assert _sweep(tiny_llp, out, "--seeds", "2") == 0  # _sweep's --seeds 1,2 is overridden: the last flag wins
+    bad = out / "mgn-1-1-2-seed2"
+    (bad / "test_scores.json").unlink()
+    (bad / "last.pt").write_bytes(b"")  # a damaged state: resuming it fails
+    assert _sweep(tiny_llp, out, "--stack") == 1
+    assert (out / "mgn-1-1-2-seed1" / "test_scores.json").exists()
+    err = capsys.readouterr().err
+    assert f"avvp sweep: run mgn-1-1-2-seed2 failed: {bad / 'last.pt'}: empty" in err
+    assert "run mgn-1-1-2-seed1 failed" not in err
 
 
 def test_sweep_stack_with_two_workers_trains_each_row_in_one_worker(tiny_llp, tmp_path) -> None:

@@ -120,7 +120,9 @@ class TrainStep:
         self.optimizer.step()
         self.sums += totals.detach().double()
 
-    def objective(self, output: ParseOutput, labels: torch.Tensor, global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(
+        self, output: ParseOutput, labels: torch.Tensor, global_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss to minimise and the batch's per-video loss sums (in the order of `self.keys`)."""
         losses = compute_losses(output, labels, self.config)
         # Per-sample terms: sum over the shard / global batch size, times world size because DDP averages

@@ -264,10 +264,11 @@ def run_sweep(
     with PidLock(out_dir / LOCK_NAME, "another sweep"):
         bar = progress_bar(progress=progress, total=len(todo), desc="sweep", unit="run", position=0)
 
-        def done(job: SweepJob, reason: str | None) -> None:
-            if reason is not None:
-                report.failed.update({run.name: reason for run in job.runs})
-                log.error("%s failed: %s", job.name, reason)
+        def done(job: SweepJob, failures: dict[str, str] | None, reason: str | None) -> None:
+            failures = {run.name: reason for run in job.runs} if reason is not None else failures or {}
+            for name, why in failures.items():
+                report.failed[name] = why
+                log.error("%s failed: %s", name, why)
             bar.update(len(job.runs))
 
         if len(slots) == 1:
@@ -275,17 +276,16 @@ def run_sweep(
                 bar.set_postfix_str(job.name)
                 log.info("%s: %s on %s", job.name, job.describe(), slots[0])
                 try:
-                    work(job, slots[0])
-                    done(job, None)
+                    done(job, work(job, slots[0]), None)
                 except AvvpError as err:
-                    done(job, str(err))
+                    done(job, None, str(err))
         else:
             from avvp.workers import run_in_workers
 
             by_name = {job.name: job for job in jobs}
             entries = _job_logs(jobs, out_dir / "logs", features, annotations)
             threads = _threads_per_worker(len(slots))
-            run_in_workers(entries, work, slots, threads, lambda name, reason: done(by_name[name], reason))
+            run_in_workers(entries, work, slots, threads, lambda name, *outcome: done(by_name[name], *outcome))
         bar.close()
     return report
 
@@ -332,26 +332,46 @@ def _record_start(run: PlannedRun, status: str, report: SweepReport) -> bool:
     return resume
 
 
-def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) -> None:
-    """Train a job: a single run as `avvp train` would, several together with `train_stacked`."""
+def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) -> dict[str, str]:
+    """Train a job: a single run as `avvp train` would (raising AvvpError if it fails), several together with
+    `train_stacked`. If a stacked job stops on an error, its unfinished runs go on one at a time, so that one bad
+    run fails alone; returns why each run that failed did (run name -> reason)."""
     from avvp.train import train, train_stacked
 
     if len(job.runs) == 1:
         run = job.runs[0]
         train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
               resume=job.resume[0])  # fmt: skip
-        return
-    train_stacked([run.train for run in job.runs], features=features, annotations=annotations,
-                  out_dirs=[run.run_dir for run in job.runs], device=device, resume=list(job.resume))  # fmt: skip
+        return {}
+    try:
+        train_stacked([run.train for run in job.runs], features=features, annotations=annotations,
+                      out_dirs=[run.run_dir for run in job.runs], device=device, resume=list(job.resume))  # fmt: skip
+        return {}
+    except AvvpError as err:
+        log.warning("%s: stacked training stopped (%s); training its unfinished runs one at a time", job.name, err)
+    failures = {}
+    for run in job.runs:
+        if (run.run_dir / "test_scores.json").exists():
+            continue
+        try:
+            train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
+                  resume=(run.run_dir / "last.pt").exists())  # fmt: skip
+        except AvvpError as err:
+            failures[run.name] = str(err)
+    return failures
 
 
-def _job_logs(jobs: list[SweepJob], log_dir: Path, features: Path, annotations: Path) -> list[tuple[str, SweepJob, Path]]:
+def _job_logs(
+    jobs: list[SweepJob], log_dir: Path, features: Path, annotations: Path
+) -> list[tuple[str, SweepJob, Path]]:
     """(name, job, log path) of each job; each log starts with the commands that would train its runs alone."""
     log_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for job in jobs:
         log_path = log_dir / f"{job.name}.log"
-        commands = [train_command(r, features, annotations, "DEVICE", resume) for r, resume in zip(job.runs, job.resume)]
+        commands = [
+            train_command(r, features, annotations, "DEVICE", resume) for r, resume in zip(job.runs, job.resume)
+        ]
         with open(log_path, "a", encoding="utf-8") as handle:
             handle.write("".join(f"# alone: {' '.join(command)}\n" for command in commands))
         entries.append((job.name, job, log_path))

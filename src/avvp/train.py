@@ -212,7 +212,9 @@ def _share_training_tensors(runs: list[_Run]) -> None:
     for run in runs:
         run.label = f"{run.out_dir.name}: "
         run.index_device = runs[0].index_device
-        run.stepper = TrainStep(run.model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
+        run.stepper = TrainStep(
+            run.model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx
+        )
         record = read_run_record(run.out_dir) or {}
         record["stacked"] = {"runs": names, "noise": "one drop-path/dropout/Gumbel stream shared by these runs"}
         atomic_write_text(run.out_dir / "config.json", json.dumps(record, indent=2) + "\n")
@@ -271,7 +273,7 @@ def _set_up(
         shuffle=torch.Generator().manual_seed(config.seed),
         train_data=train_data,
         val_data=val_data,
-        stepper=None,  # type: ignore[arg-type]  # set below, once the state is restored
+        stepper=None,  # type: ignore[arg-type]  # made once the state is restored (`_make_stepper`)
         progress=progress,
         skip_bad_rows=skip_bad_rows,
     )
@@ -543,8 +545,8 @@ def _validate(
     _append_jsonl(run.metrics_path, record)
     type_score = scores.segment["type"]
     message = (
-        f"{run.label}epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, val segment Type@AV {type_score:.2f} "
-        f"Event@AV {scores.segment['event']:.2f} ({seconds:.0f} s)"
+        f"{run.label}epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, "
+        f"val segment Type@AV {type_score:.2f} Event@AV {scores.segment['event']:.2f} ({seconds:.0f} s)"
     )
     best = None
     if type_score >= run.best_type:  # the authors keep the latest of equal epochs

@@ -3,7 +3,9 @@ and takes one job after another, with each job's output in its own log file.
 
 Starting a process per job costs seconds (importing torch, first use of the optimiser) that a small training run
 does not amortise; a worker pays it once. A job that fails is reported with its reason and the others go on; a
-worker that dies (killed, out of memory) fails its job and is replaced.
+worker that dies (killed, out of memory) fails its job and is replaced. Workers ignore Ctrl-C (the parent stops
+them); a SIGTERM from the parent interrupts a job as Ctrl-C would interrupt `avvp train`, so its clean-up runs; a
+worker whose parent is gone exits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
+import signal
 import sys
 import traceback
 from collections import deque
@@ -25,26 +29,27 @@ from avvp.errors import AvvpError
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+STOP_SECONDS = 5.0  # how long a stopped worker may take to finish before it is sent SIGTERM
+
+Work = Callable[[Any, str], Any]  # (job, device) -> a picklable result; raises AvvpError on failure
+Done = Callable[[str, Any, "str | None"], None]  # (key, result, reason): reason None when the job succeeded
 
 
 @dataclass
 class _Worker:
-    process: Any  # multiprocessing.Process
+    process: multiprocessing.Process
     jobs: Any  # its multiprocessing.Queue of (key, job, log path), None to stop
-    results: Any  # the reading end of its own pipe of (key, reason): a worker that dies cannot block the others
+    results: multiprocessing.connection.Connection  # its own pipe: a worker that dies cannot block the others
+    exitcode: int | None = None  # of the worker this one replaced
 
 
 def run_in_workers(
-    jobs: Sequence[tuple[str, Any, Path]],
-    work: Callable[[Any, str], None],
-    devices: Sequence[str],
-    threads: int,
-    on_done: Callable[[str, str | None], None],
+    jobs: Sequence[tuple[str, Any, Path]], work: Work, devices: Sequence[str], threads: int, on_done: Done
 ) -> None:
     """Run `work(job, device)` for every (key, job, log path) in `jobs`, one worker process per entry of `devices`.
 
-    `work` must be picklable (a module-level function or a partial of one); it reports a failure by raising
-    AvvpError. `on_done(key, reason)` is called in this process as each job ends (reason None when it succeeded).
+    `work` must be picklable (a module-level function or a partial of one). `on_done(key, result, reason)` is
+    called in this process as each job ends: the value `work` returned and None, or None and why it failed.
     """
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
     workers = [_start(context, work, device, threads) for device in devices]
@@ -59,37 +64,47 @@ def run_in_workers(
                     log.info("%s: started on %s (log %s)", key, devices[slot], log_path)
             ready = multiprocessing.connection.wait([workers[slot].results for slot in busy], timeout=POLL_SECONDS)
             for slot in [s for s in list(busy) if workers[s].results in ready]:
+                key, log_path = busy.pop(slot)
                 try:
-                    key, reason = workers[slot].results.recv()
-                except EOFError:  # died: handled below
+                    _, result, reason = workers[slot].results.recv()
+                except EOFError:  # the worker died during the job
+                    workers[slot] = _replace(context, workers[slot], work, devices[slot], threads)
+                    code = workers[slot].exitcode
+                    on_done(key, None, f"the worker process died (exit code {code}) (log: {log_path})")
                     continue
-                log_path = busy.pop(slot)[1]
-                on_done(key, None if reason is None else f"{reason} (log: {log_path})")
-            _replace_dead(workers, busy, context, work, devices, threads, on_done)
+                on_done(key, result, None if reason is None else f"{reason} (log: {log_path})")
+            for slot, worker in enumerate(workers):  # an idle worker that died
+                if slot not in busy and not worker.process.is_alive():
+                    workers[slot] = _replace(context, worker, work, devices[slot], threads)
     finally:
         _stop(workers)
 
 
-def _start(context, work, device: str, threads: int) -> _Worker:
+def _start(context: Any, work: Work, device: str, threads: int) -> _Worker:
     jobs = context.Queue()
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_serve, args=(work, device, threads, jobs, send), daemon=True)
-    process.start()
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(dict.fromkeys(saved, str(threads)))  # the worker's BLAS and OpenMP see its share of cores
+    try:
+        process.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     send.close()  # this process only reads: the pipe ends when the worker does
     return _Worker(process, jobs, receive)
 
 
-def _replace_dead(workers, busy, context, work, devices, threads, on_done) -> None:
-    """A worker that died fails its job and is replaced."""
-    for slot, worker in enumerate(workers):
-        if worker.process.is_alive():
-            continue
-        worker.process.join()
-        if slot in busy:
-            key, log_path = busy.pop(slot)
-            on_done(key, f"the worker process died (exit code {worker.process.exitcode}) (log: {log_path})")
-        worker.results.close()
-        workers[slot] = _start(context, work, devices[slot], threads)
+def _replace(context: Any, dead: _Worker, work: Work, device: str, threads: int) -> _Worker:
+    """A new worker in place of one that died; it carries the dead one's exit code."""
+    dead.process.join()
+    dead.results.close()
+    worker = _start(context, work, device, threads)
+    worker.exitcode = dead.process.exitcode
+    return worker
 
 
 def _stop(workers: list[_Worker]) -> None:
@@ -97,40 +112,65 @@ def _stop(workers: list[_Worker]) -> None:
         if worker.process.is_alive():
             worker.jobs.put(None)
     for worker in workers:
-        worker.process.join(timeout=5)
-        if worker.process.is_alive():  # still training: an interrupted sweep
+        worker.process.join(timeout=STOP_SECONDS)
+        if worker.process.is_alive():  # still training (an interrupted sweep): SIGTERM runs its clean-up
             worker.process.terminate()
             worker.process.join()
         worker.results.close()
 
 
-def _serve(work, device: str, threads: int, jobs, results) -> None:  # results: the writing end of the pipe
-    """A worker's loop: each job's output (stdout, stderr, logging) goes to its log file."""
+def _serve(work: Work, device: str, threads: int, jobs: Any, results: multiprocessing.connection.Connection) -> None:
+    """A worker's loop: each job's output (stdout, stderr, logging) goes to its log file, /dev/null in between."""
     import torch
 
+    from avvp.utils import interrupt_on_sigterm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
-    while (item := jobs.get()) is not None:
-        key, job, log_path = item
-        results.send((key, _run_logged(work, job, device, Path(log_path))))
+    _redirect(os.devnull)
+    try:
+        with interrupt_on_sigterm():
+            while (item := _next_job(jobs)) is not None:
+                key, job, log_path = item
+                results.send((key, *_run_logged(work, job, device, Path(log_path))))
+    except (KeyboardInterrupt, BrokenPipeError):  # stopped by the parent, or the parent is gone
+        pass
 
 
-def _run_logged(work, job, device: str, log_path: Path) -> str | None:
-    """Run one job with fds 1 and 2 on its log; None, or why it failed."""
-    with open(log_path, "a", encoding="utf-8") as handle:
-        sys.stdout.flush()
-        sys.stderr.flush()
+def _next_job(jobs: Any) -> tuple | None:
+    """The next job, or None when told to stop or when the parent process is gone."""
+    while True:
+        try:
+            return jobs.get(timeout=1.0)
+        except queue.Empty:
+            parent = multiprocessing.parent_process()
+            if parent is not None and not parent.is_alive():
+                return None
+
+
+def _run_logged(work: Work, job: Any, device: str, log_path: Path) -> tuple[Any, str | None]:
+    """Run one job with fds 1 and 2 on its log; (its result, None) or (None, why it failed)."""
+    try:
+        _redirect(log_path)
+    except OSError as err:
+        return None, f"cannot write the log {log_path}: {err.strerror or err}"
+    try:
+        return work(job, device), None
+    except AvvpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None, str(err)
+    except Exception as err:  # noqa: BLE001 (a bug: its traceback goes to the log, its last line to the report)
+        traceback.print_exc()
+        return None, f"{type(err).__name__}: {err}"
+    finally:
+        _redirect(os.devnull)
+
+
+def _redirect(path: str | Path) -> None:
+    """Point fds 1 and 2 (and so print, logging and C-level output) at `path`, appending."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "a", encoding="utf-8") as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
-        try:
-            work(job, device)
-            return None
-        except AvvpError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return str(err)
-        except Exception as err:  # noqa: BLE001 (a bug: its traceback goes to the log, its last line to the report)
-            traceback.print_exc()
-            return f"{type(err).__name__}: {err}"
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()

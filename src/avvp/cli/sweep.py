@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         write_tables,
     )
     from avvp.train import TrainConfig
+    from avvp.utils import interrupt_on_sigterm
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         slots = worker_devices(_devices(args), args.workers)
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_record(out, args.sweep_kind, runs, features, annotations)
-        report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
+        with interrupt_on_sigterm():  # a `kill` stops the workers and releases the locks as Ctrl-C does
+            report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
         failed = report.failed
         print(
             f"sweep {args.sweep_kind}: {len(report.reused)} run(s) reused, {len(report.trained)} trained, "
