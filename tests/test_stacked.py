@@ -112,6 +112,9 @@ def test_a_stacked_group_resumes_exactly(tiny_llp, tmp_path) -> None:
     for a, b in zip(straight, resumed):
         assert [m["loss"] for m in _metrics(a)] == [m["loss"] for m in _metrics(b)]
         assert torch.equal(_val_probabilities(a, tiny_llp), _val_probabilities(b, tiny_llp))
+    more = dataclasses.replace(configs[0], epochs=4)  # the first run, resumed alone, keeps its note
+    train(more, out_dir=resumed[0], resume=True, **_paths(tiny_llp))
+    assert json.loads((resumed[0] / "config.json").read_text())["stacked"]["runs"] == ["r1", "r2"]
 
 
 def test_runs_saved_at_different_epochs_catch_up(tiny_llp, tmp_path, no_gumbel_noise) -> None:
@@ -128,6 +131,8 @@ def test_runs_saved_at_different_epochs_catch_up(tiny_llp, tmp_path, no_gumbel_n
     for run_dir, reference in zip(dirs, straight):
         metrics, expected = _metrics(run_dir), _metrics(reference)
         assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        stacked = json.loads((run_dir / "config.json").read_text())["stacked"]["runs"]
+        assert stacked == ["a", "b"]
         for a, b in zip(expected, metrics, strict=True):
             assert a["lr"] == b["lr"] and b["loss"] == pytest.approx(a["loss"], rel=5e-4)
         assert (run_dir / "test_scores.json").exists()

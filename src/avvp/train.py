@@ -395,8 +395,12 @@ def _repair_best(run: _Run, epoch: int) -> None:
 
 
 def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool) -> None:
-    """config.json: how the run is trained; a resumed run keeps its history of safe changes and adds this one's."""
-    history = (read_run_record(run.out_dir) or {}).get("resumed", []) if resumed else []
+    """config.json: how the run is trained; a resumed run keeps its history of safe changes (adding this one's) and
+    the note of the runs it was stacked with."""
+    stored = (read_run_record(run.out_dir) or {}) if resumed else {}
+    history = stored.get("resumed", [])
+    if "stacked" in stored:
+        record["stacked"] = stored["stacked"]
     if run.resumed_changes:
         history = [*history, {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}]
     if history:
