@@ -29,6 +29,16 @@ def npz_arrays(path: Path) -> dict:
         return {key: arrays[key] for key in arrays.files}
 
 
+def write_official_checkpoint(arrays: dict, folder: Path) -> Path:
+    """The `weight/` arrays of an authors' fixture written as their checkpoint file (a plain torch.save state dict)."""
+    import torch
+
+    state_dict = {key[len("weight/") :]: torch.from_numpy(v) for key, v in arrays.items() if key.startswith("weight/")}
+    path = folder / "MGN_Net.pt"
+    torch.save(state_dict, path)
+    return path
+
+
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import npz_arrays
+from conftest import npz_arrays, write_official_checkpoint
 
 from avvp.checkpoint import load_model
 from avvp.models.layers import SelfBlock
@@ -34,15 +34,8 @@ def fixture_arrays(official_fixture: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def official_checkpoint(fixture_arrays: dict[str, np.ndarray], tmp_path_factory) -> Path:
-    """The fixture's weights written as the authors' checkpoint file (a plain torch.save state dict)."""
-    state_dict = {
-        key[len("weight/") :]: torch.from_numpy(value)
-        for key, value in fixture_arrays.items()
-        if key.startswith("weight/")
-    }
-    path = tmp_path_factory.mktemp("official") / "MGN_Net.pt"
-    torch.save(state_dict, path)
-    return path
+    """The fixture's weights written as the authors' checkpoint file."""
+    return write_official_checkpoint(fixture_arrays, tmp_path_factory.mktemp("official"))
 
 
 def _inputs(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import npz_arrays
+from conftest import npz_arrays, write_official_checkpoint
 
 from avvp.checkpoint import load_model, official_state_dict
 from avvp.distributed import DistributedContext
@@ -34,9 +34,7 @@ def arrays(official_train_fixture: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(arrays: dict[str, np.ndarray], tmp_path_factory) -> dict:
     """Four steps taken as `avvp train` takes them, from the fixture's weights; what they produced."""
-    weights = {key[len("weight/") :]: torch.from_numpy(v) for key, v in arrays.items() if key.startswith("weight/")}
-    path = tmp_path_factory.mktemp("official") / "MGN_Net.pt"
-    torch.save(weights, path)
+    path = write_official_checkpoint(arrays, tmp_path_factory.mktemp("official"))
     model, info = load_model(path)  # eval mode: no stochastic depth, no Gumbel noise, as the fixture's steps
     assert info["format"] == "official" and not model.training
     config = TrainConfig(model="mgn", lr=float(arrays["lr"]), precision="fp32")
