@@ -338,10 +338,11 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
     run fails alone; returns why each run that failed did (run name -> reason)."""
     from avvp.train import train, train_stacked
 
+    def alone(run: PlannedRun, resume: bool) -> None:
+        train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device, resume=resume)
+
     if len(job.runs) == 1:
-        run = job.runs[0]
-        train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
-              resume=job.resume[0])  # fmt: skip
+        alone(job.runs[0], job.resume[0])
         return {}
     try:
         train_stacked([run.train for run in job.runs], features=features, annotations=annotations,
@@ -354,8 +355,7 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
         if (run.run_dir / "test_scores.json").exists():
             continue
         try:
-            train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device,
-                  resume=(run.run_dir / "last.pt").exists())  # fmt: skip
+            alone(run, (run.run_dir / "last.pt").exists())
         except AvvpError as err:
             failures[run.name] = str(err)
     return failures

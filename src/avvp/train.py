@@ -50,6 +50,7 @@ from avvp.utils import (
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".train.lock"  # held in the run folder while a process writes it
+STACKED_NOISE = "one drop-path/dropout/Gumbel stream shared by these runs"  # config.json's note of stacked runs
 STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_epoch", "best_val_type")  # of last.pt
 
 __all__ = ["TrainConfig", "TrainResult", "score_split", "train", "train_stacked"]
@@ -164,10 +165,11 @@ def train_stacked(
     _check_stackable(configs)
     with contextlib.ExitStack() as held:
         runs: list[_Run] = []
+        names = [Path(out_dir).name for out_dir in out_dirs]
         for config, out_dir, resumed in zip(configs, out_dirs, resume or [False] * len(configs), strict=True):
             data = (runs[0].train_data, runs[0].val_data) if runs else None
             paths = (Path(features), Path(annotations), Path(out_dir))
-            runs.append(_set_up(config, *paths, device, resumed, progress, None, False, held, data))
+            runs.append(_set_up(config, *paths, device, resumed, progress, None, False, held, data, names))
         _share_training_tensors(runs)
         seconds = {id(run): 0.0 for run in runs}
         for epoch in range(min(run.start_epoch for run in runs), max(run.config.epochs for run in runs) + 1):
@@ -191,10 +193,10 @@ def train_stacked(
 def _check_stackable(configs: Sequence[TrainConfig]) -> None:
     if not configs:
         raise AvvpError("no run to train")
-    first = dataclasses.replace(configs[0], seed=0, epochs=1)
+    first = dataclasses.replace(configs[0], seed=0, epochs=1).to_dict()
     for config in configs[1:]:
-        other = dataclasses.replace(config, seed=0, epochs=1)
-        differences = [k for k, v in first.to_dict().items() if other.to_dict()[k] != v]
+        other = dataclasses.replace(config, seed=0, epochs=1).to_dict()
+        differences = [key for key, value in first.items() if other[key] != value]
         if differences:
             raise AvvpError(f"stacked runs must differ only in seed and epochs, not in {', '.join(differences)}")
     unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
@@ -203,21 +205,16 @@ def _check_stackable(configs: Sequence[TrainConfig]) -> None:
 
 
 def _share_training_tensors(runs: list[_Run]) -> None:
-    """One set of training tensors for all the runs, each with its own `TrainStep`; notes the stacking in their
-    config.json."""
+    """One set of training tensors for all the runs, each with its own `TrainStep`."""
     if runs[0].ctx.enabled:
         raise AvvpError("stacked runs train in one process, not under torchrun")
     tensors, labels = _train_tensors(runs[0])
-    names = [run.out_dir.name for run in runs]
     for run in runs:
         run.label = f"{run.out_dir.name}: "
         run.index_device = runs[0].index_device
         run.stepper = TrainStep(
             run.model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx
         )
-        record = read_run_record(run.out_dir) or {}
-        record["stacked"] = {"runs": names, "noise": "one drop-path/dropout/Gumbel stream shared by these runs"}
-        atomic_write_text(run.out_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
 def _train_stacked_epoch(runs: list[_Run], epoch: int) -> list[tuple[dict[str, float], float]]:
@@ -245,9 +242,11 @@ def _set_up(
     skip_bad_rows: bool,
     held: contextlib.ExitStack,
     data: tuple[SplitData, SplitData | None] | None = None,
+    stacked_with: Sequence[str] = (),
 ) -> _Run:
     """The run's model, optimiser and data (`data`: the train and val splits when already loaded), resumed from
-    last.pt with `resume`; config.json written. The step is made afterwards (`_make_stepper`).
+    last.pt with `resume`; config.json written (noting `stacked_with`, the run folders trained stacked with it).
+    The step is made afterwards (`_make_stepper`).
 
     Every split's features are checked before the run folder is touched; the main process then takes the folder's
     lock (into `held`) and decides, from what the folder holds, whether the run is new or resumed."""
@@ -287,7 +286,7 @@ def _set_up(
     if resumed:
         _resume(run)
     if ctx.is_main:
-        _write_run_record(run, record, resumed)
+        _write_run_record(run, record, resumed, stacked_with)
     return run
 
 
@@ -394,13 +393,14 @@ def _repair_best(run: _Run, epoch: int) -> None:
         log.warning("%s: best.safetensors of epoch %d was not written; written again from last.pt", run.out_dir, epoch)
 
 
-def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool) -> None:
-    """config.json: how the run is trained; a resumed run keeps its history of safe changes (adding this one's) and
-    the note of the runs it was stacked with."""
+def _write_run_record(run: _Run, record: dict[str, Any], resumed: bool, stacked_with: Sequence[str]) -> None:
+    """config.json: how the run is trained, and the runs it is stacked with; a resumed run keeps its history of
+    safe changes (adding this one's) and, trained alone now, the note of the runs it was stacked with before."""
     stored = (read_run_record(run.out_dir) or {}) if resumed else {}
     history = stored.get("resumed", [])
-    if "stacked" in stored:
-        record["stacked"] = stored["stacked"]
+    stacked = {"runs": list(stacked_with), "noise": STACKED_NOISE} if stacked_with else stored.get("stacked")
+    if stacked:
+        record["stacked"] = stacked
     if run.resumed_changes:
         history = [*history, {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}]
     if history:
