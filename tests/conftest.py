@@ -29,6 +29,18 @@ def npz_arrays(path: Path) -> dict:
         return {key: arrays[key] for key in arrays.files}
 
 
+def assert_close_scaled(actual, expected, rel: float, *, err_msg: str = "") -> None:
+    """float32 arrays equal up to rounding: |actual - expected| <= rel * max(max|expected|, 1), element by element.
+
+    The tolerance scales with the magnitude of the values compared (never below that of values of order 1), since
+    another BLAS kernel (AVX2 against AVX-512, say) rounds each element in proportion to the values it sums."""
+    import numpy as np
+
+    expected = np.asarray(expected)
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1.0)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=rel * scale, rtol=0, err_msg=err_msg)
+
+
 def write_official_checkpoint(arrays: dict, folder: Path) -> Path:
     """The `weight/` arrays of an authors' fixture written as their checkpoint file (a plain torch.save state dict)."""
     import torch
