@@ -97,7 +97,7 @@ def ground_truth_file(path: Path, split) -> Path:
     return save_predictions_file(path, split.filenames, split.audio.astype(np.float32), split.visual.astype(np.float32))
 
 
-# ------------------------------------------------------------------ 1. predictions outside [0, 1]
+# ------------------------------------------------------------------ 1. predictions outside [0, 2]
 
 
 def _out_of_range(count: int, case: str) -> tuple[str, dict[str, np.ndarray], str]:
@@ -122,31 +122,35 @@ def _out_of_range(count: int, case: str) -> tuple[str, dict[str, np.ndarray], st
 
 
 @pytest.mark.parametrize("case", ["audio in [-50, 50]", "video up to 10", "logits", "ints 5 and -3"])
-def test_score_rejects_predictions_outside_0_1(tiny_llp, test_split, tmp_path, capsys, case):
+def test_score_rejects_predictions_outside_0_2(tiny_llp, test_split, tmp_path, capsys, case):
     key, arrays, found = _out_of_range(len(test_split.filenames), case)
     pred = save_predictions_file(tmp_path / "pred.npz", test_split.filenames, **arrays)
     status, out, err = cli(capsys, "score", pred, "--annotations", tiny_llp, "--json", tmp_path / "s.json")
     line = error_line(err, "score")
     assert status == 2 and out == "" and not (tmp_path / "s.json").exists()
-    assert f"{pred}: {key} holds values in " in line and found in line and "outside [0, 1]" in line
+    assert f"{pred}: {key} holds values in " in line and found in line and "outside [0, 2]" in line
 
 
 @pytest.mark.parametrize("case", ["audio in [-50, 50]", "ints 5 and -3", "NaN"])
-def test_evaluate_rejects_model_outputs_outside_0_1(tiny_llp, mgn_checkpoint, tmp_path, capsys, monkeypatch, case):
-    """Whatever the model gives (here a stand-in for `predict`), evaluate scores only probabilities."""
-    import avvp.inference
+def test_evaluate_rejects_model_outputs_outside_0_2(tiny_llp, mgn_checkpoint, tmp_path, capsys, monkeypatch, case):
+    """Whatever the model gives (here a stand-in model), evaluate scores only what the one rule accepts."""
+    import types
 
-    def fake_predict(model, features, **kwargs):
-        count = len(features.audio)
-        if case == "NaN":
-            arrays = {key: np.full((count, 10, 25), 0.5, np.float32) for key in ("audio", "visual")}
-            arrays["audio"][0, 0, 0] = np.nan
-        else:
-            arrays = _out_of_range(count, case)[1]
-        video = {name: np.full((count, 25), 0.5, np.float32) for name in ("video", "audio_video", "visual_video")}
-        return arrays | video
+    import avvp.checkpoint
 
-    monkeypatch.setattr(avvp.inference, "predict", fake_predict)
+    class BadModel(torch.nn.Module):
+        def forward(self, audio, res152, r2plus1d):
+            count = len(audio)
+            if case == "NaN":
+                arrays = {key: np.full((count, 10, 25), 0.5, np.float32) for key in ("audio", "visual")}
+                arrays["audio"][0, 0, 0] = np.nan
+            else:
+                arrays = _out_of_range(count, case)[1]
+            video = torch.full((count, 25), 0.5)
+            segments = {key: torch.as_tensor(value).float() for key, value in arrays.items()}
+            return types.SimpleNamespace(**segments, p_av=video, p_a=video, p_v=video)
+
+    monkeypatch.setattr(avvp.checkpoint, "load_model", lambda *args, **kwargs: (BadModel(), {}))
     args = ["evaluate", "--checkpoint", mgn_checkpoint, "--features", tiny_llp / "feats", "--annotations", tiny_llp]
     status, out, err = cli(capsys, *args, "--device", "cpu", "--json", tmp_path / "s.json")
     line = error_line(err, "evaluate")

@@ -237,7 +237,7 @@ def _train_and_score(
         device=device,
         progress=progress,
     )
-    predictions = _predict_best(run_dir, test_features, device)
+    predictions = _predict_best(run_dir, test_features, test_split.filenames, device)
     save_predictions(run_dir / "test_predictions.npz", test_split.filenames, predictions)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state: not needed for a finished demo run
     pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
@@ -320,13 +320,17 @@ def _write_results(
     return seconds
 
 
-def _predict_best(run_dir: Path, features, device) -> dict[str, np.ndarray]:
-    """Test-split probabilities of a run's best checkpoint (the one `train` scored)."""
+def _predict_best(run_dir: Path, features, filenames: list[str], device) -> dict[str, np.ndarray]:
+    """Test-split scores of a run's best checkpoint (the one `train` scored), checked as every model's scores."""
     from avvp.checkpoint import load_model
     from avvp.inference import predict, resolve_precision
 
-    model, _ = load_model(run_dir / "best.safetensors", map_location=device)
-    return predict(model, features, device=device, precision=resolve_precision("auto", device))
+    checkpoint = run_dir / "best.safetensors"
+    model, _ = load_model(checkpoint, map_location=device)
+    precision = resolve_precision("auto", device)
+    return predict(
+        model, features, device=device, precision=precision, names=filenames, where=f"scores of {checkpoint}"
+    )
 
 
 def _move_outputs(staging: Path, out_dir: Path) -> None:

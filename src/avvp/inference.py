@@ -46,8 +46,14 @@ def predict(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     progress: bool = False,
+    names: list[str] | None = None,
+    where: str = "predictions",
 ) -> dict[str, np.ndarray]:
-    """Run `model` over every video of `features` in batches; returns float32 arrays keyed as `PREDICTION_KEYS`."""
+    """Run `model` over every video of `features` in batches; returns float32 arrays keyed as `PREDICTION_KEYS`.
+
+    The scores are checked by the one rule (`avvp.scoring.check_scores`): an AvvpError starting with `where` names
+    the key and a few of the videos (`names`, the rows of `features`; row numbers when not given) otherwise."""
+    from avvp.scoring import check_scores
     from avvp.utils import progress_bar
 
     device = torch.device(device)
@@ -65,10 +71,12 @@ def predict(
             result = model(audio, res152, r2plus1d)
         for key in PREDICTION_KEYS:
             outputs[key].append(getattr(result, OUTPUT_FIELDS[key]).float().cpu().numpy())
-    return {
+    predictions = {
         key: np.concatenate(parts) if parts else np.zeros((0, *PREDICTION_KEYS[key]), np.float32)
         for key, parts in outputs.items()
     }
+    check_scores(predictions, names if names is not None else [f"row {row}" for row in range(count)], where)
+    return predictions
 
 
 def save_predictions(path: str | Path, filenames: list[str], predictions: dict[str, np.ndarray]) -> None:
@@ -92,12 +100,12 @@ def predict_videos(
 ) -> dict[str, np.ndarray]:
     """Load a checkpoint (ours or the authors') and predict the listed videos from a features folder or pack.
 
-    The probabilities are checked (finite, in [0, 1]): an AvvpError names the checkpoint otherwise.
+    The scores are checked by the one rule (`avvp.scoring.check_scores`): an AvvpError names the checkpoint
+    otherwise.
     """
     from avvp.checkpoint import load_model
     from avvp.data.annotations import video_id
     from avvp.data.store import open_features
-    from avvp.scoring import check_predictions
 
     device = torch.device(device)
     model, _ = load_model(
@@ -111,6 +119,7 @@ def predict_videos(
         device=device,
         precision=resolve_precision(precision, device),
         progress=progress,
+        names=filenames,
+        where=f"predictions of {checkpoint}",  # NaN never reaches a file or a score
     )
-    check_predictions(predictions, filenames, f"predictions of {checkpoint}")  # NaN never reaches a file or a score
     return predictions

@@ -171,15 +171,26 @@ def build_events(
     return sorted(events, key=lambda e: (e.onset, order[e.class_name], e.modality))
 
 
-def predict_windows(model, audio, res152, r2plus1d, device=None, stride: int = DEFAULT_STRIDE, batch_size: int = 32):
-    """Run ``model`` over the windows of one video's features and combine them (eval mode, no gradients)."""
+def predict_windows(
+    model,
+    audio,
+    res152,
+    r2plus1d,
+    device=None,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = 32,
+    where: str = "the model's scores",
+):
+    """Run ``model`` over the windows of one video's features and combine them (eval mode, no gradients); scores
+    outside the one rule (`avvp.scoring.check_scores`) are an AvvpError starting with `where`."""
     from avvp.data.features import Features
     from avvp.inference import predict
 
     num_seconds = len(audio)
     starts = window_starts(num_seconds, stride=stride)
     windows = Features(*window_features(audio, res152, r2plus1d, starts))
-    merged = predict(model, windows, batch_size=batch_size, device=device or "cpu")
+    names = [f"the window at {start} s" for start in starts]
+    merged = predict(model, windows, batch_size=batch_size, device=device or "cpu", names=names, where=where)
     return starts, combine_windows(
         starts,
         num_seconds,

@@ -1,8 +1,9 @@
 """Score a predictions file (PRED.npz) against a split with the official metrics.
 
-PRED.npz holds `filenames` (N,) strings, `audio` and `visual` (N, 10, 25) segment probabilities (or 0/1) and
-optionally `video` (N, 25) video-level probabilities, all in [0, 1]; rows may come in any order. Every problem
-with the file is one clear error naming the file and what is wrong.
+PRED.npz holds `filenames` (N,) strings, `audio` and `visual` (N, 10, 25) segment scores (or 0/1) and optionally
+`video` (N, 25) video-level scores, all finite and in [0, 2] (`check_scores`: MGN's segment scores
+reach up to 2p, HAN's p_av up to 2); rows may come in any order. Every problem with the file is one clear error
+naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ PER_VIDEO_SHAPES = {
     "visual": (NUM_SEGMENTS, NUM_CLASSES),
     "video": (NUM_CLASSES,),
 }
+# The one rule for model scores, wherever they are read or made (predict, evaluate, score, train, demo, parse, plots):
+# finite and in [0, SCORE_MAX]. Not every score is a probability: an MGN segment score is p * (1 + softmax over time)
+# with the authors' soft map, in [p, 2p), and HAN's p_av sums attention-weighted probabilities over the two
+# modalities, in [0, 2] (docs/architecture.md, "Score ranges"). Negative values (logits), values above 2
+# (percentages, most logits), NaN and infinity can only be mistakes.
+SCORE_MAX = 2.0
 _LAYOUT = "np.savez with filenames (N,), audio and visual (N, 10, 25), optionally video (N, 25)"
 _LISTED = 5  # names spelled out in an error about missing or unknown videos
 
@@ -39,8 +46,8 @@ def _names(names: list[str]) -> str:
 def read_predictions(path: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """Read PRED.npz as it is (rows in file order), validated: (filenames, {"audio", "visual"[, "video"]}).
 
-    Any other kind of file, a missing key, an object array, a wrong shape, NaN or a value outside [0, 1] is one
-    AvvpError naming the file and the key.
+    Any other kind of file, a missing key, an object array, a wrong shape, NaN or a value outside [0, 2]
+    (`check_scores`) is one AvvpError naming the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,32 +91,47 @@ def read_predictions(path: str | Path) -> tuple[list[str], dict[str, np.ndarray]
 
 
 def check_predictions(arrays: dict[str, np.ndarray], names: list[str], where: str) -> None:
-    """Check prediction arrays of the videos `names`: shapes (of the keys `PER_VIDEO_SHAPES` knows), numeric,
-    finite, and in [0, 1] (probabilities or 0/1); an AvvpError starting with `where` names the key otherwise."""
+    """Check prediction arrays of the videos `names`: shapes (of the keys `PER_VIDEO_SHAPES` knows), numeric, and
+    the one rule for model scores (`check_scores`); an AvvpError starting with `where` names the key
+    otherwise."""
     count = len(names)
     for key, array in arrays.items():
         expected = (count, *PER_VIDEO_SHAPES[key]) if key in PER_VIDEO_SHAPES else array.shape
         if array.shape != expected or array.shape[:1] != (count,):
             raise AvvpError(f"{where}: {key} has shape {array.shape}, expected {expected} (N = {count} filenames)")
         if array.dtype.kind not in "fiub":
-            raise AvvpError(f"{where}: {key} has dtype {array.dtype}, expected float probabilities or 0/1")
-        if array.dtype.kind == "b" or count == 0:
+            raise AvvpError(f"{where}: {key} has dtype {array.dtype}, expected float scores or 0/1")
+    check_scores(arrays, names, where)
+
+
+def check_scores(arrays: dict[str, np.ndarray], names: list[str], where: str) -> None:
+    """The one rule for model scores: every value finite and in [0, SCORE_MAX] (0/1 and booleans included).
+
+    Args:
+        arrays: key -> [N, ...] numeric array (any keys).
+        names: the N videos, named in the error.
+        where: what the arrays are (a file, a checkpoint's predictions), the error's first words.
+    """
+    for key, array in arrays.items():
+        if array.dtype.kind == "b" or array.size == 0:
             continue
-        rows = array.reshape(count, -1)
+        rows = array.reshape(len(names), -1)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-            raise AvvpError(
-                f"{where}: {key} holds NaN or infinity for {len(bad_rows)} video(s), "
-                f"e.g. {_names([names[row] for row in bad_rows])}"
-            )
+            raise AvvpError(f"{where}: {key} holds NaN or infinity for {_rows(names, bad_rows)}")
         low, high = array.min(), array.max()
-        if low < 0 or high > 1:
-            bad_rows = np.flatnonzero(((rows < 0) | (rows > 1)).any(axis=1))
+        if low < 0 or high > SCORE_MAX:
+            bad_rows = np.flatnonzero(((rows < 0) | (rows > SCORE_MAX)).any(axis=1))
+            hint = "logits? apply a sigmoid first" if low < 0 else "percentages? logits? expected fractions"
             raise AvvpError(
-                f"{where}: {key} holds values in [{low:.4g}, {high:.4g}], outside [0, 1], for {len(bad_rows)} "
-                f"video(s), e.g. {_names([names[row] for row in bad_rows])}; expected probabilities or 0/1 "
-                "(logits? apply a sigmoid first)"
+                f"{where}: {key} holds values in [{low:.4g}, {high:.4g}], outside [0, {SCORE_MAX:g}], for "
+                f"{_rows(names, bad_rows)}; expected model scores: probabilities, 0/1, or MGN segment scores up to "
+                f"2p ({hint})"
             )
+
+
+def _rows(names: list[str], rows: np.ndarray) -> str:
+    return f"{len(rows)} video(s), e.g. {_names([names[row] for row in rows])}"
 
 
 def load_predictions(path: str | Path, filenames: list[str], *, split_name: str = "") -> dict[str, np.ndarray]:

@@ -597,10 +597,20 @@ def score_split(
     model: nn.Module, data: SplitData, *, batch_size: int, device: torch.device
 ) -> tuple[Scores, dict[str, Any]]:
     """Predict a whole split in batches (fp32, as `avvp evaluate` does, whatever the training precision) and score
-    it with the official metrics."""
-    predictions = predict(model, data.features, batch_size=batch_size, device=device, precision="fp32")
+    it with the official metrics; scores outside the one rule (`avvp.scoring.check_scores`: a diverged model's NaN)
+    are an AvvpError naming the split."""
+    split = data.split
+    predictions = predict(
+        model,
+        data.features,
+        batch_size=batch_size,
+        device=device,
+        precision="fp32",
+        names=split.filenames,
+        where=f"the model's scores on the {split.name} split",
+    )
     pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
-    return evaluate(pred_audio, pred_visual, data.split.audio, data.split.visual), predictions
+    return evaluate(pred_audio, pred_visual, split.audio, split.visual), predictions
 
 
 @torch.inference_mode()

@@ -107,7 +107,13 @@ def parse_video(
     decoded = decode_video(video)
     features = FeatureExtractor(source, device=device)(decoded)
     starts, probs = predict_windows(
-        model, features.audio, features.res152, features.r2plus1d, device=device, stride=stride
+        model,
+        features.audio,
+        features.res152,
+        features.r2plus1d,
+        device=device,
+        stride=stride,
+        where=f"scores of {checkpoint} on {video}",
     )
     return VideoParse(
         video=Path(video),
