@@ -30,3 +30,14 @@ class TrainConfig(ConfigMixin):
     loader_workers: int = 2  # DataLoader worker processes when streaming
     max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
+    patience: int | None = None  # early stopping: stop after this many epochs without a better val Type@AV
+    min_epochs: int = 0  # early stopping counts epochs without a better val Type@AV only after this many
+
+    def stops_after(self, epoch: int, best_epoch: int) -> bool:
+        """Early stopping: whether training ends after `epoch`, the best validation epoch so far being `best_epoch`
+        (ties count as better, as the best epoch keeps the later of equal ones). Epochs are counted from the later
+        of the best epoch and `min_epochs`, so a model that stalls at first (MGN's class tokens start at zero) is
+        not stopped before `min_epochs + patience`."""
+        if self.patience is None:
+            return False
+        return epoch - max(best_epoch, self.min_epochs) >= self.patience

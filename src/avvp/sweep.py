@@ -389,6 +389,8 @@ def train_command(run: PlannedRun, features: Path, annotations: Path, device: st
     command += ["--device", device]
     if config.max_train_videos is not None:
         command += ["--max-train-videos", str(config.max_train_videos)]
+    if config.patience is not None:
+        command += ["--patience", str(config.patience), "--min-epochs", str(config.min_epochs)]
     for key, value in config.model_overrides.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     if resume:

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from avvp.steps import GraphedTrainStep, StackedTrainStep, TrainStep, make_optim
 from avvp.utils import (
     atomic_torch_save,
     atomic_write_text,
+    format_duration,
     output_path,
     progress_bar,
     remove_stale_temporaries,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".train.lock"  # held in the run folder while a process writes it
 STACKED_NOISE = "one drop-path/dropout/Gumbel stream shared by these runs"  # config.json's note of stacked runs
 STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_epoch", "best_val_type")  # of last.pt
+# (last.pt also holds "stopped": the run ended by early stopping; absent in states of older versions)
 
 __all__ = ["TrainConfig", "TrainResult", "score_split", "train", "train_stacked"]
 
@@ -66,6 +68,10 @@ class TrainResult:
     test_scores: Scores | None
     train_seconds: float
     parameters: int
+    epochs_trained: int = 0  # the last epoch trained (fewer than config.epochs where early stopping ended the run)
+
+
+TimeLeft = Callable[[int, float], float]  # (epoch just done, mean wall seconds per epoch) -> seconds left
 
 
 @dataclass
@@ -94,6 +100,10 @@ class _Run:
     best_type: float = -math.inf
     resumed_changes: dict[str, list[Any]] = field(default_factory=dict)  # safe settings changed by this resume
     label: str = ""  # printed before each epoch line where several runs train together
+    stopped: bool = False  # early stopping ended the run (saved in last.pt)
+    last_epoch: int = 0  # the last epoch trained
+    epoch_walls: list[float] = field(default_factory=list)  # wall seconds of each epoch trained here (train + val)
+    time_left: TimeLeft | None = None  # the ETA of each epoch line (`train`'s argument)
 
     @property
     def state_path(self) -> Path:
@@ -115,25 +125,32 @@ def train(
     progress: bool = True,
     val_features: str | Path | None = None,
     skip_bad_rows: bool = False,
+    time_left: TimeLeft | None = None,
 ) -> TrainResult:
     """Train one model with `config`, validating each epoch; keeps the best epoch and scores it on test.
 
     Writes into `out_dir`: config.json, metrics.jsonl (one line per epoch), best.safetensors/.json (best validation
     segment-level Type@AV; on ties the later epoch, as the authors' `>=`), last.pt (full state for `--resume`),
     test_scores.json. Validation and test are scored in fp32 whatever the training precision, as `avvp evaluate`.
-    `skip_bad_rows` skips malformed rows of the annotation files (with a warning) instead of stopping.
+    `skip_bad_rows` skips malformed rows of the annotation files (with a warning) instead of stopping. With
+    `config.patience`, the run ends early once `config.stops_after` says so (the best epoch is still the one kept
+    and tested; last.pt records the stop, so `--resume` does not train on). `time_left` gives the ETA printed on
+    each epoch line (default: the epochs left of this run at the mean epoch time).
     """
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         paths = (Path(features), Path(annotations), Path(out_dir))
         run = _set_up(config, *paths, device, resume, progress, val_features, skip_bad_rows, held)
-        run.stepper = _make_stepper(run)
+        run.stepper, run.time_left = _make_stepper(run), time_left
         train_seconds = 0.0
         for epoch in range(run.start_epoch, config.epochs + 1):
+            if run.stopped:
+                break
             started = time.perf_counter()
             losses, lr = _train_epoch(run, epoch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
             best = _validate(run, epoch, losses, lr, seconds, started) if run.ctx.is_main else None
+            _check_early_stop(run, epoch)
             _save_state(run, epoch)
             if best is not None:  # after last.pt: a kill between the two is repaired on resume
                 save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
@@ -141,7 +158,9 @@ def train(
         test_scores = _test(run) if run.ctx.is_main else None
         barrier(run.ctx)
     parameters = count_parameters(run.model)
-    return TrainResult(run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, parameters)
+    return TrainResult(
+        run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, parameters, run.last_epoch
+    )
 
 
 def train_stacked(
@@ -173,19 +192,30 @@ def train_stacked(
         _share_training_tensors(runs)
         seconds = {id(run): 0.0 for run in runs}
         for epoch in range(min(run.start_epoch for run in runs), max(run.config.epochs for run in runs) + 1):
-            active = [run for run in runs if run.start_epoch <= epoch <= run.config.epochs]
+            active = [run for run in runs if run.start_epoch <= epoch <= run.config.epochs and not run.stopped]
+            if not active:
+                break
             started = time.perf_counter()
             ends = _train_stacked_epoch(active, epoch)
             elapsed = time.perf_counter() - started
             for run, (losses, lr) in zip(active, ends):
                 seconds[id(run)] += elapsed
                 best = _validate(run, epoch, losses, lr, elapsed, started)
+                _check_early_stop(run, epoch)
                 _save_state(run, epoch)
                 if best is not None:
                     save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
         scores = [_test(run) for run in runs]
     return [
-        TrainResult(run.out_dir, run.best_epoch, run.best_type, test, seconds[id(run)], count_parameters(run.model))
+        TrainResult(
+            run.out_dir,
+            run.best_epoch,
+            run.best_type,
+            test,
+            seconds[id(run)],
+            count_parameters(run.model),
+            run.last_epoch,
+        )
         for run, test in zip(runs, scores)
     ]
 
@@ -372,6 +402,9 @@ def _resume(run: _Run) -> None:
         raise AvvpError(f"{run.state_path} does not fit this model and optimiser ({first})") from None
     _set_rng_state(state["rng"], run)
     run.start_epoch, run.best_epoch, run.best_type = state["epoch"] + 1, state["best_epoch"], state["best_val_type"]
+    run.last_epoch, run.stopped = state["epoch"], bool(state.get("stopped", False))
+    if run.stopped and run.ctx.is_main:
+        print(f"{run.out_dir} stopped early after epoch {state['epoch']}; nothing left to train", flush=True)
     if run.ctx.is_main and run.best_epoch == state["epoch"]:
         _repair_best(run, state["epoch"])
     if run.ctx.is_main:
@@ -558,8 +591,31 @@ def _validate(
         best = {"epoch": epoch, "val": record["val"], "train": run.config.to_dict()}
         message += " (best)"
     if run.progress:
-        print(message, flush=True)  # one line per epoch, also where no progress bar is drawn (logs, CI)
+        print(message + _eta_text(run, epoch, time.perf_counter() - started), flush=True)  # also in logs and CI
     return best
+
+
+def _eta_text(run: _Run, epoch: int, wall: float) -> str:
+    """' · ETA m:ss' after an epoch that took `wall` seconds: `run.time_left`, or the epochs left of this run (an
+    upper bound where early stopping may end it sooner)."""
+    run.epoch_walls.append(wall)
+    mean = sum(run.epoch_walls) / len(run.epoch_walls)
+    left = run.time_left(epoch, mean) if run.time_left else (run.config.epochs - epoch) * mean
+    return f" · ETA {format_duration(left)}"
+
+
+def _check_early_stop(run: _Run, epoch: int) -> None:
+    """Record `epoch` as trained and decide (on the main process, which knows the best epoch) whether early stopping
+    ends the run after it."""
+    run.last_epoch = epoch
+    stop = run.config.stops_after(epoch, run.best_epoch) if run.ctx.is_main else False
+    run.stopped = bool(gather(stop, run.ctx)[0])
+    if run.stopped and run.ctx.is_main and run.progress:
+        print(
+            f"{run.label}early stop after epoch {epoch}: no better validation Type@AV for {run.config.patience} "
+            f"epochs (best: epoch {run.best_epoch}, {run.best_type:.2f})",
+            flush=True,
+        )
 
 
 def _save_state(run: _Run, epoch: int) -> None:
@@ -574,6 +630,7 @@ def _save_state(run: _Run, epoch: int) -> None:
             "epoch": epoch,
             "best_epoch": run.best_epoch,
             "best_val_type": run.best_type,
+            "stopped": run.stopped,
         }
         atomic_torch_save(state, run.state_path)
 
@@ -584,7 +641,13 @@ def _test(run: _Run) -> Scores:
     test_data = load_split_data(run.features, run.annotations, "test", skip_bad_rows=run.skip_bad_rows)
     scores, _ = score_split(model, test_data, batch_size=run.config.eval_batch_size, device=run.device)
     meta = json.loads((run.out_dir / "best.json").read_text()).get("metadata", {})
-    payload = {"segment": scores.segment, "event": scores.event, "best_epoch": meta.get("epoch")}
+    payload = {
+        "segment": scores.segment,
+        "event": scores.event,
+        "best_epoch": meta.get("epoch"),
+        "last_epoch": run.last_epoch,  # the last epoch trained
+        "stopped_early": run.stopped,
+    }
     atomic_write_text(run.out_dir / "test_scores.json", json.dumps(payload, indent=2) + "\n")
     print(format_scores(scores))
     return scores

@@ -306,6 +306,14 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def format_duration(seconds: float) -> str:
+    """'m:ss' (or 'h:mm:ss' from an hour), rounded to the second; negative durations read 0:00."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def progress_bar(iterable: Any = None, *, progress: bool = True, **kwargs: Any):
     """A tqdm bar, drawn only when `progress` and on a terminal: in a log file or CI, long work reports one line
     per step of its own (e.g. per epoch) instead of hundreds of redraws."""

@@ -46,6 +46,36 @@ def resolve_annotations(value: str | None) -> Path:
     return path
 
 
+def add_early_stopping_args(parser: argparse.ArgumentParser) -> None:
+    """`--patience N` and `--min-epochs N`: validation-based early stopping (TrainConfig.stops_after)."""
+    parser.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="early stopping: end the run after N epochs without a better validation segment Type@AV (the best "
+        "epoch is kept and tested as always; default: never stop early)",
+    )
+    parser.add_argument(
+        "--min-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="early stopping counts epochs without a better score only after the first N (MGN's class tokens "
+        "start at zero and stall for ~600 steps); only with --patience (default: %(default)s)",
+    )
+
+
+def early_stopping_from_args(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of `add_early_stopping_args`' flags, checked."""
+    if args.patience is not None and args.patience < 1:
+        raise AvvpError(f"--patience {args.patience}: must be at least 1")
+    if args.min_epochs < 0:
+        raise AvvpError(f"--min-epochs {args.min_epochs}: must be at least 0")
+    if args.min_epochs and args.patience is None:
+        raise AvvpError(f"--min-epochs {args.min_epochs}: only with --patience (early stopping)")
+    return {"patience": args.patience, "min_epochs": args.min_epochs}
+
+
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     """`--device auto|cpu|cuda|cuda:N`."""
     parser.add_argument(

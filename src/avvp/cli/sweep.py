@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from avvp.cli.common import add_annotations_arg, resolve_annotations
+from avvp.cli.common import add_annotations_arg, add_early_stopping_args, early_stopping_from_args, resolve_annotations
 
 KINDS_HELP = {
     "depth": "Table 1: HAN and MGN with CUG/MCG depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)",
@@ -44,6 +44,7 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--epochs", type=int, default=40, help="epochs per run (default: 40)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
+    add_early_stopping_args(parser)
     parser.add_argument(
         "--configs", metavar="NAMES",
         help=f"comma-separated subset of the rows to train (default: all): {CONFIG_NAMES[kind]}",
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         max_train_videos=args.max_train_videos,
+        **early_stopping_from_args(args),
     )
     out = Path(args.out)
     runs = plan_runs(configs, seeds, out, base, dim=args.dim)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from avvp.cli.common import add_annotations_arg, add_device_arg, add_model_args, model_overrides, resolve_annotations
+from avvp.cli.common import (
+    add_annotations_arg,
+    add_device_arg,
+    add_early_stopping_args,
+    add_model_args,
+    early_stopping_from_args,
+    model_overrides,
+    resolve_annotations,
+)
 from avvp.recipe import TrainConfig
 
 
@@ -59,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", "fp32", "bf16"],
         default=recipe.precision,
         help="training precision: fp32, or bf16 autocast (the video-level probabilities and the loss stay fp32); "
-        "auto = bf16 on CUDA, fp32 elsewhere; validation and test are scored in fp32 (default: %(default)s)",
+        "auto = bf16 on CUDA, fp32 elsewhere; validation and test are scored in fp32; on a CPU without native bf16 "
+        "(AVX2) bf16 is ~20x slower than fp32, and a warning says so (default: %(default)s)",
     )
     parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     parser.add_argument(
@@ -81,12 +90,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DataLoader worker processes with --stream (default: %(default)s)",
     )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
+    add_early_stopping_args(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last epoch, with the settings it was trained with: any other "
         "learning rate, schedule, batch size, seed, model, precision or data is refused; safe to change (recorded "
-        "in config.json and metrics.jsonl): more --epochs, --eval-batch-size, --loader-workers, --stream, --compile",
+        "in config.json and metrics.jsonl): more --epochs, --eval-batch-size, --loader-workers, --stream, --compile; "
+        "a run ended by early stopping stays ended",
     )
     add_model_args(parser)
     add_device_arg(parser)
@@ -111,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loader_workers=args.loader_workers,
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
+        **early_stopping_from_args(args),
     )
 
 
