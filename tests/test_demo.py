@@ -20,6 +20,8 @@ from avvp.metrics import LEVELS, TRACKS
 from avvp.models import count_parameters, create_model
 from avvp.reports.demo import DemoRow, markdown_table, text_table
 
+# The recipe docs/demo.md documents (a change of the demo's defaults must change the docs too)
+DOCUMENTED = {"train": 1500, "epochs": 30, "lr_step": 26, "patience": 5, "min_epochs": 8}
 TINY_ARGS = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "--seed", "3", "--tiny-models"]
 
 
@@ -99,7 +101,45 @@ def test_a_log_gets_one_line_per_epoch_and_no_progress_bars(demo_run):
     assert "\r" not in printed and "step/s" not in printed and "video/s" not in printed
     epoch_lines = [line for line in printed.splitlines() if re.fullmatch(r"epoch [12]/2: loss .*Type@AV.*", line)]
     assert len(epoch_lines) == 4  # HAN and MGN, 2 epochs each
-    assert len(printed.splitlines()) < 40
+    assert len(printed.splitlines()) < 45
+
+
+def test_the_expected_time_is_printed_first_and_each_epoch_line_has_an_eta(demo_run):
+    """The plan (a step of each model timed at the start) comes before the data; HAN's ETAs include MGN's
+    planned training, which follows it, and the last epoch of MGN, the last model, leaves nothing."""
+    _, printed = demo_run
+    lines = printed.splitlines()
+    plan = next(i for i, line in enumerate(lines) if line.startswith("Time: a training step takes HAN "))
+    assert plan < next(i for i, line in enumerate(lines) if line.startswith("LLP-Synth: "))
+    assert re.search(r"HAN \d+ ms, MGN \d+ ms here \(timed now\); each model trains at most 2 epochs", lines[plan])
+    etas = [re.search(r" · ETA (\d+):(\d\d)$", line) for line in lines if line.startswith("epoch ")]
+    seconds = [60 * int(m.group(1)) + int(m.group(2)) for m in etas]
+    assert len(seconds) == 4 and seconds[-1] == 0
+    assert seconds[1] > 0 or "MGN 0 ms" in lines[plan]  # after HAN's last epoch, MGN's training is still ahead
+
+
+def test_time_train_step_leaves_the_random_stream_alone():
+    import torch
+
+    from avvp.steps import time_train_step
+
+    config = DemoConfig(model_overrides=TINY_MODEL_OVERRIDES).train_config("mgn")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    assert time_train_step(config, torch.device("cpu"), warmup=1, timed=1) > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_report_sets_the_numbers_beside_the_published_ones_and_the_calibration(demo_run):
+    out, printed = demo_run
+    results = json.loads((out / "results.json").read_text())
+    for name, published, spread in (("han", "54.0", "54.7 ± 0.1"), ("mgn", "55.6", "54.2 ± 2.1")):
+        here = f"{results['models'][name]['segment']['type']:.1f}"
+        line = f"{name.upper()}: segment Type@AV {here} here; {spread} on LLP-Synth with the full recipe (3 seeds); "
+        line += f"{published} published on real LLP"
+        assert line in printed and line in (out / "report.md").read_text()
+    assert "calibrated on both published models" in printed
 
 
 def test_a_second_run_reuses_the_data_and_replaces_the_runs(demo_run, capsys):
@@ -140,19 +180,22 @@ def test_scale_arguments_are_checked(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_one_recipe_for_both_models_with_the_recipe_step_unscaled(tmp_path, capsys):
-    """The demo trains both models with the same recipe: the authors' batch, rate and StepLR step (10 epochs, not
-    scaled with the 12 epochs, so MGN gets ~940 steps at the full rate), differing only in the model."""
+def test_one_recipe_for_both_models(tmp_path, capsys):
+    """The demo trains both models with the same documented recipe (docs/demo.md): the authors' batch and rate, in
+    fp32, one late StepLR decay and early stopping, differing only in the model."""
     from avvp.train import TrainConfig
 
     config = DemoConfig()
     han, mgn = config.train_config("han"), config.train_config("mgn")
     assert dataclasses.replace(han, model="mgn") == mgn
-    expected = TrainConfig(model="mgn", epochs=12, batch_size=16, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=0)
-    assert mgn == expected
-    assert "StepLR every 10" in config.scale_text()
-    assert main(["demo", "--out", str(tmp_path / "d"), "--lr-step", "0"]) == 2
-    assert "--lr-step 0: must be at least 1" in capsys.readouterr().err
+    expected = TrainConfig(model="mgn", epochs=DOCUMENTED["epochs"], batch_size=16, lr=3e-4,
+                           lr_step=DOCUMENTED["lr_step"], lr_gamma=0.1, seed=0, precision="fp32",
+                           patience=DOCUMENTED["patience"], min_epochs=DOCUMENTED["min_epochs"])  # fmt: skip
+    assert mgn == expected and config.train == DOCUMENTED["train"]
+    assert f"StepLR x0.1 after epoch {DOCUMENTED['lr_step']}" in config.scale_text()
+    for flag in ("--lr-step", "--patience"):
+        assert main(["demo", "--out", str(tmp_path / "d"), flag, "0"]) == 2
+        assert f"{flag} 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_pick_video_prefers_several_classes_with_modality_differences():

@@ -1,10 +1,10 @@
 """`avvp demo`: the whole method on LLP-Synth in minutes, HAN and MGN side by side.
 
 Generates LLP-Synth (cached: a folder whose synth.json matches is reused), packs it, trains HAN and MGN in
-their default configurations with the authors' recipe scaled down (fewer videos and epochs, the StepLR step
-scaled with the epochs), scores both on the synthetic test split with the broadcast oracle as a reference, and
-writes results.json, report.md and figures. The default scale keeps the whole demo within 5 minutes on a
-2-core CPU.
+their default configurations with one recipe (the authors' batch and learning rate, fewer videos, one late StepLR
+decay, validation-based early stopping), scores both on the synthetic test split with the broadcast oracle as a
+reference, and writes results.json, report.md and figures. The default scale gives MGN the ~3,000 steps it needs
+to converge and keeps the whole demo within 10 minutes on a 2-core CPU (docs/demo.md).
 
 Layout of the output folder:
 
@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avvp.data.synth import SPLITS, SynthConfig
+from avvp.utils import format_duration
 
 if TYPE_CHECKING:
     import torch
@@ -52,22 +54,31 @@ TINY_MODEL_OVERRIDES = {
     "han": {"dim": 32, "ff_dim": 32},
     "mgn": {"dim": 32, "depth_audio": 1, "depth_visual": 1, "depth_av": 1},
 }
+# The demo's scale and recipe (docs/demo.md, "The recipe, and why": chosen over two training seeds)
+DEMO_TRAIN = 1500
+DEMO_EPOCHS = 30
+DEMO_LR_STEP = 26
+DEMO_PATIENCE = 5
+DEMO_MIN_EPOCHS = 8
+VALIDATION_COST = 0.4  # a validation batch of 16 videos costs about this share of a training step (forward only)
 OUTPUTS = ("runs", "figures", "results.json", "report.md")  # what a run replaces (data/ is the cache)
 STAGING_PREFIX = ".demo-"  # a run builds its outputs in DIR/.demo-XXXX, then moves them into place
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Scale and recipe of the demo, the same for both models; the defaults finish within 5 minutes on a quiet
-    2-core CPU. Chosen by measurement (docs/demo.md): MGN's class tokens start at zero and need ~600 steps at the
-    full rate before its grouping forms, so the StepLR step is NOT scaled down with the epochs: the rate decays once,
-    after epoch 10 of 12 (scaled to every 3 epochs, it decayed before MGN's grouping had formed)."""
+    """Scale and recipe of the demo, the same for both models, chosen by measurement (docs/demo.md): MGN's class
+    tokens start at zero and need ~600 steps at the full rate before its grouping forms, and MGN needs ~3,000 steps
+    at the full rate to come near its level, so the learning rate decays once, late; early stopping ends HAN (at
+    its best after a few epochs) long before the last epoch. The defaults fit in 10 minutes on a quiet 2-core CPU."""
 
-    train: int = 1500  # LLP-Synth training videos (LLP: 10,000)
-    val: int = 300  # validation videos (model selection every epoch)
+    train: int = DEMO_TRAIN  # LLP-Synth training videos (LLP: 10,000)
+    val: int = 300  # validation videos (model selection and early stopping every epoch)
     test: int = 600  # test videos (the reported numbers)
-    epochs: int = 12  # the recipe's 40, scaled down to fit the time
-    lr_step: int = AUTHORS_LR_STEP  # StepLR step in epochs: the recipe's 10, unscaled (~940 steps at the full rate)
+    epochs: int = DEMO_EPOCHS  # at most: early stopping may end a model sooner
+    lr_step: int = DEMO_LR_STEP  # StepLR step in epochs: one decay x0.1, late
+    patience: int = DEMO_PATIENCE  # early stopping: epochs without a better validation Type@AV
+    min_epochs: int = DEMO_MIN_EPOCHS  # ... counted only after this many (MGN stalls at first)
     seed: int = 0  # seed of LLP-Synth and of training
     batch_size: int = 16  # the recipe's
     lr: float = 3e-4  # the recipe's
@@ -86,17 +97,46 @@ class DemoConfig:
             lr=self.lr,
             lr_step=self.lr_step,
             seed=self.seed,
+            precision="fp32",
+            patience=self.patience,
+            min_epochs=self.min_epochs,
             model_overrides=dict(self.model_overrides.get(model, {})),
         )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.train // self.batch_size)
 
     def scale_text(self) -> str:
         """One line saying how the recipe was scaled."""
         return (
             f"Scale: LLP-Synth {self.train:,} train / {self.val:,} val / {self.test:,} test videos (seed {self.seed}); "
             f"the authors' recipe ({AUTHORS_TRAIN_VIDEOS:,} videos x {AUTHORS_EPOCHS} epochs, StepLR every "
-            f"{AUTHORS_LR_STEP}) scaled to {self.train:,} videos x {self.epochs} epochs, StepLR every {self.lr_step} "
-            f"x 0.1 (not scaled: MGN needs the steps at the full rate); batch {self.batch_size}, Adam lr {self.lr:g}; "
-            "the same recipe for both models."
+            f"{AUTHORS_LR_STEP}) scaled to {self.train:,} videos x at most {self.epochs} epochs "
+            f"({self.steps_per_epoch:,} steps each), StepLR x0.1 after epoch {self.lr_step}, early stopping after "
+            f"{self.patience} epochs without a better validation Type@AV (counted from epoch {self.min_epochs}); "
+            f"batch {self.batch_size}, Adam lr {self.lr:g}, fp32; the same recipe for both models."
+        )
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    """What the demo expects to spend, from a training step of each model timed at the start."""
+
+    step_seconds: dict[str, float]  # model -> seconds per training step, measured here
+    epoch_seconds: dict[str, float]  # model -> expected wall seconds of one epoch (training + validation)
+    epochs: int  # the most epochs each model trains
+
+    def training_seconds(self, models: Sequence[str]) -> float:
+        """The most the training of `models` takes (early stopping only shortens it)."""
+        return sum(self.epochs * self.epoch_seconds[model] for model in models)
+
+    def text(self) -> str:
+        steps = ", ".join(f"{m.upper()} {1000 * s:.0f} ms" for m, s in self.step_seconds.items())
+        return (
+            f"Time: a training step takes {steps} here (timed now); each model trains at most {self.epochs} epochs: "
+            f"at most ~{format_duration(self.training_seconds(list(self.step_seconds)))} of training, less where "
+            "early stopping ends a model sooner."
         )
 
 
@@ -107,6 +147,7 @@ class DemoResult:
     out_dir: Path
     results: dict[str, Any]  # the content of results.json
     table: str  # the side-by-side table as printed
+    rows: list[DemoRow]  # its rows: HAN, MGN, the oracle
     video_filename: str  # the test video of the timeline figures
     seconds: float  # the whole demo, wall clock
     data_reused: bool  # the LLP-Synth cache matched and was reused
@@ -137,6 +178,16 @@ def prepare_data(data_dir: Path, config: SynthConfig, *, progress: bool = True) 
             filenames = read_weak_labels(data_dir / SPLIT_FILES[split]).filenames
             pack_features(data_dir / "feats", filenames, pack_path, progress=progress)
     return packs, reused
+
+
+def plan_time(config: DemoConfig, device: torch.device) -> TimePlan:
+    """Time one training step of each model here and expect each epoch to cost its steps plus validation."""
+    from avvp.steps import time_train_step
+
+    steps = {model: time_train_step(config.train_config(model), device) for model in MODELS}
+    val_batches = -(-config.val // config.batch_size)
+    per_epoch = config.steps_per_epoch + VALIDATION_COST * val_batches
+    return TimePlan(steps, {model: seconds * per_epoch for model, seconds in steps.items()}, config.epochs)
 
 
 def pick_video(audio: np.ndarray, visual: np.ndarray) -> int:
@@ -176,6 +227,8 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     print(config.scale_text())
+    plan = plan_time(config, device)
+    print(plan.text(), flush=True)
     packs, reused = prepare_data(out_dir / "data", config.synth_config(), progress=progress)
     print(f"LLP-Synth: {'reused the cache in' if reused else 'generated into'} {out_dir / 'data'}")
 
@@ -191,7 +244,7 @@ def run_demo(
         for model in MODELS:
             run_dir = staging / "runs" / model
             rows[model], histories[report.MODEL_TITLES[model]], test_predictions[model] = _train_and_score(
-                model, config, packs, out_dir / "data", run_dir, test_split, test_features, device, progress
+                model, config, packs, out_dir / "data", run_dir, test_split, test_features, device, progress, plan
             )
         oracle = _oracle_row(test_split)
         table_rows = [*(rows[model] for model in MODELS), oracle]
@@ -203,7 +256,7 @@ def run_demo(
         _move_outputs(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return DemoResult(out_dir, payload, table, video_filename, seconds, reused)
+    return DemoResult(out_dir, payload, table, table_rows, video_filename, seconds, reused)
 
 
 def _train_and_score(
@@ -216,6 +269,7 @@ def _train_and_score(
     test_features: Features,
     device: torch.device,
     progress: bool,
+    plan: TimePlan,
 ) -> tuple[DemoRow, list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train one model into `run_dir`, predict the test split with its best checkpoint and score it.
 
@@ -228,7 +282,8 @@ def _train_and_score(
     from avvp.train import train
 
     title = report.MODEL_TITLES[model]
-    print(f"training {title} ({config.epochs} epochs on {config.train:,} videos, device {device}) ...")
+    print(f"training {title} (at most {config.epochs} epochs on {config.train:,} videos, device {device}) ...")
+    later = plan.training_seconds(MODELS[MODELS.index(model) + 1 :])  # the models trained after this one
     result = train(
         config.train_config(model),
         features=packs,
@@ -236,6 +291,7 @@ def _train_and_score(
         out_dir=run_dir,
         device=device,
         progress=progress,
+        time_left=lambda epoch, mean: (config.epochs - epoch) * mean + later,
     )
     predictions = _predict_best(run_dir, test_features, test_split.filenames, device)
     save_predictions(run_dir / "test_predictions.npz", test_split.filenames, predictions)

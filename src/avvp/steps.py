@@ -254,3 +254,31 @@ class GraphedTrainStep:
 
     def take_sums(self) -> dict[str, float]:
         return self.eager.take_sums()
+
+
+def time_train_step(config: TrainConfig, device: torch.device, *, warmup: int = 2, timed: int = 3) -> float:
+    """Seconds per training step of `config`'s model at its batch size on `device` (fp32 or the config's precision),
+    measured on random inputs of the real shapes with a throwaway model: the planning figure of `avvp demo`. The
+    global random state is restored afterwards, so that the runs trained next are unchanged."""
+    import time
+
+    from avvp.inference import resolve_precision
+    from avvp.models import create_model
+
+    state = torch.get_rng_state()
+    try:
+        model = create_model(config.model, **config.model_overrides).to(device)
+        precision = resolve_precision(config.precision, device)
+        step = TrainStep(model, make_optimizer(model, config.lr), (), torch.zeros(0), config, device, precision,
+                         DistributedContext())  # fmt: skip
+        size = config.batch_size
+        inputs = [torch.rand(size, *shape, device=device) for shape in ((10, 128), (10, 2048), (10, 512))]
+        labels = (torch.rand(size, NUM_CLASSES, device=device) < 0.1).float()
+        for index in range(warmup + timed):
+            if index == warmup:
+                started = time.perf_counter()
+            step.step(*inputs, labels, size)
+        step.take_sums()  # waits for the device
+        return (time.perf_counter() - started) / timed
+    finally:
+        torch.set_rng_state(state)
