@@ -21,7 +21,7 @@ from avvp.models import count_parameters, create_model
 from avvp.reports.demo import DemoRow, markdown_table, text_table
 
 # The recipe docs/demo.md documents (a change of the demo's defaults must change the docs too)
-DOCUMENTED = {"train": 1500, "epochs": 30, "lr_step": 26, "patience": 5, "min_epochs": 8}
+DOCUMENTED = {"train": 3000, "epochs": 16, "lr_step": 14, "patience": 3, "min_epochs": 4}
 TINY_ARGS = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "--seed", "3", "--tiny-models"]
 
 
@@ -115,7 +115,16 @@ def test_the_expected_time_is_printed_first_and_each_epoch_line_has_an_eta(demo_
     etas = [re.search(r" · ETA (\d+):(\d\d)$", line) for line in lines if line.startswith("epoch ")]
     seconds = [60 * int(m.group(1)) + int(m.group(2)) for m in etas]
     assert len(seconds) == 4 and seconds[-1] == 0
-    assert seconds[1] > 0 or "MGN 0 ms" in lines[plan]  # after HAN's last epoch, MGN's training is still ahead
+
+
+def test_the_eta_of_each_model_adds_the_most_the_later_models_take():
+    from avvp.demo import TimePlan
+
+    plan = TimePlan({"han": 0.05, "mgn": 0.15}, {"han": 6.0, "mgn": 15.0}, epochs=30)
+    assert plan.training_seconds(["han", "mgn"]) == 30 * 6.0 + 30 * 15.0
+    assert plan.time_left("han")(10, 5.0) == 20 * 5.0 + 30 * 15.0  # HAN's 20 epochs left, then MGN's 30
+    assert plan.time_left("mgn")(29, 14.0) == 14.0
+    assert "HAN 50 ms, MGN 150 ms here" in plan.text() and "at most ~10:30 of training" in plan.text()
 
 
 def test_time_train_step_leaves_the_random_stream_alone():

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,11 +55,11 @@ TINY_MODEL_OVERRIDES = {
     "mgn": {"dim": 32, "depth_audio": 1, "depth_visual": 1, "depth_av": 1},
 }
 # The demo's scale and recipe (docs/demo.md, "The recipe, and why": chosen over two training seeds)
-DEMO_TRAIN = 1500
-DEMO_EPOCHS = 30
-DEMO_LR_STEP = 26
-DEMO_PATIENCE = 5
-DEMO_MIN_EPOCHS = 8
+DEMO_TRAIN = 3000  # 188 steps an epoch
+DEMO_EPOCHS = 16  # at most 3,008 steps
+DEMO_LR_STEP = 14  # 2,632 steps at 3e-4, then at most 376 at 3e-5
+DEMO_PATIENCE = 3
+DEMO_MIN_EPOCHS = 4  # ~750 steps: past the ~600 that MGN's class tokens take to separate
 VALIDATION_COST = 0.4  # a validation batch of 16 videos costs about this share of a training step (forward only)
 OUTPUTS = ("runs", "figures", "results.json", "report.md")  # what a run replaces (data/ is the cache)
 STAGING_PREFIX = ".demo-"  # a run builds its outputs in DIR/.demo-XXXX, then moves them into place
@@ -130,6 +130,12 @@ class TimePlan:
     def training_seconds(self, models: Sequence[str]) -> float:
         """The most the training of `models` takes (early stopping only shortens it)."""
         return sum(self.epochs * self.epoch_seconds[model] for model in models)
+
+    def time_left(self, model: str) -> Callable[[int, float], float]:
+        """The ETA of `model`'s epoch lines: its epochs left at its mean epoch time so far, plus the most the models
+        trained after it take."""
+        later = self.training_seconds(MODELS[MODELS.index(model) + 1 :])
+        return lambda epoch, mean: (self.epochs - epoch) * mean + later
 
     def text(self) -> str:
         steps = ", ".join(f"{m.upper()} {1000 * s:.0f} ms" for m, s in self.step_seconds.items())
@@ -283,7 +289,6 @@ def _train_and_score(
 
     title = report.MODEL_TITLES[model]
     print(f"training {title} (at most {config.epochs} epochs on {config.train:,} videos, device {device}) ...")
-    later = plan.training_seconds(MODELS[MODELS.index(model) + 1 :])  # the models trained after this one
     result = train(
         config.train_config(model),
         features=packs,
@@ -291,7 +296,7 @@ def _train_and_score(
         out_dir=run_dir,
         device=device,
         progress=progress,
-        time_left=lambda epoch, mean: (config.epochs - epoch) * mean + later,
+        time_left=plan.time_left(model),
     )
     predictions = _predict_best(run_dir, test_features, test_split.filenames, device)
     save_predictions(run_dir / "test_predictions.npz", test_split.filenames, predictions)
