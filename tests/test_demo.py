@@ -21,7 +21,7 @@ from avvp.models import count_parameters, create_model
 from avvp.reports.demo import DemoRow, markdown_table, text_table
 
 # The recipe docs/demo.md documents (a change of the demo's defaults must change the docs too)
-DOCUMENTED = {"train": 3000, "epochs": 16, "lr_step": 14, "patience": 3, "min_epochs": 4}
+DOCUMENTED = {"train": 3000, "epochs": 13, "lr_step": 11, "patience": 3, "min_epochs": 4}
 TINY_ARGS = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "--seed", "3", "--tiny-models"]
 
 

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.lr_step,
         metavar="N",
         help=f"StepLR step in epochs, decay x0.1 (default {defaults.lr_step}: one late decay, so that MGN gets "
-        "~2,600 steps at the full rate; with --epochs at most this there is no decay)",
+        "~2,100 steps at the full rate; with --epochs at most this there is no decay)",
     )
     parser.add_argument(
         "--patience",
