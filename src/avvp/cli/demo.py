@@ -16,58 +16,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate LLP-Synth, train HAN and MGN, print their scores side by side (~10 minutes on a 2-core CPU)",
         description="Generate LLP-Synth (cached in DIR/data), train HAN and MGN in their default configurations "
         "with the authors' recipe scaled down (videos, epochs, StepLR step) and early stopping, score both on the "
-        "synthetic test split "
-        "with the broadcast oracle as a reference, print the table and write DIR/results.json, DIR/report.md and "
+        "synthetic test split with the broadcast oracle as a reference, print the table and write DIR/results.json, DIR/report.md and "
         "DIR/figures. Re-running reuses the data and replaces the runs and the report.",
     )
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="demo folder (default: runs/demo)")
-    parser.add_argument(
-        "--train", type=int, default=defaults.train, metavar="N", help=f"training videos (default {defaults.train:,})"
-    )
-    parser.add_argument(
-        "--val", type=int, default=defaults.val, metavar="N", help=f"validation videos (default {defaults.val:,})"
-    )
-    parser.add_argument(
-        "--test", type=int, default=defaults.test, metavar="N", help=f"test videos (default {defaults.test:,})"
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=defaults.epochs,
-        metavar="N",
-        help=f"the most training epochs of each model; early stopping may end one sooner (default {defaults.epochs})",
-    )
-    parser.add_argument(
-        "--lr-step",
-        type=int,
-        default=defaults.lr_step,
-        metavar="N",
-        help=f"StepLR step in epochs, decay x0.1 (default {defaults.lr_step}: one late decay, so that MGN gets "
-        "~2,100 steps at the full rate; with --epochs at most this there is no decay)",
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=defaults.patience,
-        metavar="N",
-        help=f"early stopping: end a model's training after N epochs without a better validation segment Type@AV "
-        f"(its best epoch is kept; default {defaults.patience})",
-    )
-    parser.add_argument(
-        "--min-epochs",
-        type=int,
-        default=defaults.min_epochs,
-        metavar="N",
-        help=f"early stopping counts only after the first N epochs (MGN's class tokens stall for ~600 steps; "
-        f"default {defaults.min_epochs})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        metavar="N",
-        help=f"seed of the data and training (default {defaults.seed})",
-    )
+    scale_help = {
+        "train": "training videos",
+        "val": "validation videos",
+        "test": "test videos",
+        "epochs": "the most training epochs of each model; early stopping may end one sooner",
+        "lr_step": "StepLR step in epochs, decay x0.1 (one late decay, so that MGN gets ~2,100 steps at the full "
+        "rate; with --epochs at most this there is no decay)",
+        "patience": "early stopping: end a model's training after N epochs without a better validation segment "
+        "Type@AV (its best epoch is kept)",
+        "min_epochs": "early stopping counts only after the first N epochs (MGN's class tokens stall for ~600 steps)",
+        "seed": "seed of the data and training",
+    }
+    for name, text in scale_help.items():
+        default = getattr(defaults, name)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=default, metavar="N", help=f"{text} (default {default:,})"
+        )
     parser.add_argument(
         "--tiny-models",
         action="store_true",
