@@ -266,3 +266,20 @@ def test_sweep_with_two_worker_processes(tiny_llp: Path, tmp_path: Path):
 def test_table_only_without_runs_is_an_error(tiny_llp: Path, tmp_path: Path, capsys):
     assert main(_sweep_args(tiny_llp, tmp_path / "none", "--table-only", "--seeds", "1")) == 2
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_sweep_takes_the_recipe_flags_and_records_them_per_run(tiny_llp: Path, tmp_path: Path, capsys):
+    """Learning rate, StepLR step, early stopping and the number of training videos reach every run's config.json
+    (and its metrics: the lr per epoch); bad values are one clear error."""
+    out = tmp_path / "sweep"
+    recipe = ["--lr", "1e-3", "--lr-step", "2", "--patience", "5", "--min-epochs", "1", "--max-train-videos", "16"]
+    assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--epochs", "3", *recipe)) == 0
+    record = json.loads((out / "han-seed1" / "config.json").read_text())
+    train = record["train"]
+    assert (train["lr"], train["lr_step"], train["patience"], train["min_epochs"]) == (1e-3, 2, 5, 1)
+    assert train["max_train_videos"] == 16 and record["train_videos"] == 16
+    lrs = [json.loads(line)["lr"] for line in (out / "han-seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4])
+    for flags, message in ((["--lr", "0"], "--lr 0.0: must be positive"), (["--lr-step", "0"], "--lr-step 0")):
+        assert main(_sweep_args(tiny_llp, tmp_path / "other", *flags)) == 2
+        assert message in capsys.readouterr().err

@@ -43,6 +43,10 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds (default: 1,2,3)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per run (default: 40)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
+    parser.add_argument(
+        "--lr-step", type=int, default=10, metavar="N", help="StepLR: decay x0.1 every N epochs (default: 10)"
+    )
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     add_early_stopping_args(parser)
     parser.add_argument(
@@ -121,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
     from avvp.train import TrainConfig
     from avvp.utils import interrupt_on_sigterm
 
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr-step", args.lr_step)):
         if value < 1:
             raise AvvpError(f"{flag} {value}: must be at least 1")
+    if not args.lr > 0:
+        raise AvvpError(f"--lr {args.lr}: must be positive")
     if args.max_train_videos is not None and args.max_train_videos < 1:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     if args.skip_bad_rows:
@@ -138,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     base = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
+        lr=args.lr,
+        lr_step=args.lr_step,
         precision=args.precision,
         max_train_videos=args.max_train_videos,
         **early_stopping_from_args(args),
