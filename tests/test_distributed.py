@@ -93,3 +93,22 @@ def test_one_mgn_step_on_unequal_shards_gives_the_whole_batch_gradient(tmp_path:
         torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     noise = [torch.load(tmp_path / f"noise{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert not torch.equal(noise[0], noise[1])
+
+
+def test_early_stopping_stops_every_process_at_rank_0s_decision(tiny_llp: Path, tmp_path: Path) -> None:
+    """Rank 0 alone validates and decides to stop after epoch 4 (scripted scores, patience 2); rank 1 follows."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    worker = Path(__file__).with_name("ddp_early_stop_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29529"]
+    result = subprocess.run(
+        [*command, str(worker), str(tiny_llp), str(tmp_path)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(tmp_path / f"epochs{rank}.txt").read_text() for rank in (0, 1)] == ["4", "4"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stopped"] is True
