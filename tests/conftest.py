@@ -21,6 +21,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`avvp ARGS` in-process: (exit status, stdout, stderr)."""
+    from avvp.cli import main
+
+    status = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def npz_arrays(path: Path) -> dict:
     """Every array of an .npz file, read into memory."""
     import numpy as np

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 
 from avvp import utils
 from avvp.checkpoint import export_official, load_model, official_state_dict, save_checkpoint
@@ -71,13 +72,6 @@ def annotations(tiny_llp: Path, tmp_path: Path) -> Path:
     for name in (*SPLIT_FILES.values(), *DENSE_FILES.values()):
         shutil.copy(tiny_llp / name, folder / name)
     return folder
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """`avvp ARGS` in-process: (exit status, stdout, stderr)."""
-    status = main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def error_line(err: str, command: str) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 from reference_metrics import reference_evaluate, reference_parse
 
 from avvp.checkpoint import export_official, save_checkpoint
-from avvp.cli import main
 from avvp.data.annotations import load_split
 from avvp.data.splits import load_split_data
 from avvp.errors import AvvpError
@@ -47,12 +47,6 @@ def confident_checkpoints(tmp_path_factory) -> dict[str, Path]:
     save_checkpoint(folder / "mgn.safetensors", model)
     export_official(model, folder / "MGN_Net.pt")
     return {"ours": folder / "mgn.safetensors", "official": folder / "MGN_Net.pt"}
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    status = main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _predict(capsys, tiny_llp: Path, checkpoint: Path, out: Path) -> Path:

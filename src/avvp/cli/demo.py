@@ -47,16 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avvp.cli.common import resolve_device
+    from avvp.cli.common import early_stopping_from_args, resolve_device
     from avvp.demo import TINY_MODEL_OVERRIDES, DemoConfig, run_demo
     from avvp.errors import AvvpError
     from avvp.reports.demo import reference_lines
 
-    for name in ("train", "val", "test", "epochs", "lr_step", "patience"):
+    for name in ("train", "val", "test", "epochs", "lr_step"):
         if getattr(args, name) < 1:
             raise AvvpError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    if args.min_epochs < 0:
-        raise AvvpError(f"--min-epochs {args.min_epochs}: must be at least 0")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
     config = DemoConfig(
@@ -65,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
         test=args.test,
         epochs=args.epochs,
         lr_step=args.lr_step,
-        patience=args.patience,
-        min_epochs=args.min_epochs,
         seed=args.seed,
         model_overrides=TINY_MODEL_OVERRIDES if args.tiny_models else {},
+        **early_stopping_from_args(args),
     )
     result = run_demo(args.out, config, device=resolve_device(args.device))
     print()

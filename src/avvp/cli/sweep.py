@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from avvp.cli.common import add_annotations_arg, add_early_stopping_args, early_stopping_from_args, resolve_annotations
+from avvp.recipe import TrainConfig
 
 KINDS_HELP = {
     "depth": "Table 1: HAN and MGN with CUG/MCG depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)",
@@ -41,12 +42,14 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     add_annotations_arg(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="sweep folder (run folders, logs, tables)")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds (default: 1,2,3)")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs per run (default: 40)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
+    recipe = TrainConfig()  # the flags' defaults: the authors' recipe, as `avvp train`'s
+    parser.add_argument("--epochs", type=int, default=recipe.epochs, help="epochs per run (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size, help="batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=recipe.lr, help="Adam learning rate (default: %(default)s)")
     parser.add_argument(
-        "--lr-step", type=int, default=10, metavar="N", help="StepLR: decay x0.1 every N epochs (default: 10)"
-    )
+        "--lr-step", type=int, default=recipe.lr_step, metavar="N",
+        help="StepLR: decay x0.1 every N epochs (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     add_early_stopping_args(parser)
     parser.add_argument(
@@ -122,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
         write_sweep_record,
         write_tables,
     )
-    from avvp.train import TrainConfig
     from avvp.utils import interrupt_on_sigterm
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr-step", args.lr_step)):
