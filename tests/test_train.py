@@ -50,6 +50,25 @@ def test_train_writes_run_folder(tiny_llp: Path, tmp_path: Path, model: str) -> 
     test_scores = json.loads((out / "test_scores.json").read_text())
     assert 0 <= test_scores["segment"]["type"] <= 100
     assert (out / "best.safetensors").exists() and (out / "last.pt").exists()
+    assert [line["steps"] for line in lines] == [3, 6]  # the tiny set's 24 training videos in batches of 8
+
+
+def test_token_scores_are_those_of_the_val_predictions(tiny_llp: Path, tmp_path: Path) -> None:
+    """metrics.jsonl's class-token scores are token_scores of the epoch's own val predictions (p_a, p_v)."""
+    from avvp.checkpoint import load_model
+    from avvp.data.splits import load_split_data
+    from avvp.inference import predict
+    from avvp.metrics import token_scores
+
+    out = tmp_path / "mgn"
+    assert _train(tiny_llp, out, "--model", "mgn", "--epochs", "1", *TINY_MGN) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
+    model, _ = load_model(out / "best.safetensors")
+    val = load_split_data(tiny_llp / "feats", tiny_llp, "val")
+    predictions = predict(model, val.features, batch_size=4, device=torch.device("cpu"))
+    assert record["split"] == "val"
+    assert record["audio"] == token_scores(predictions["audio_video"], val.split.audio)
+    assert record["visual"] == token_scores(predictions["visual_video"], val.split.visual)
 
 
 def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:

@@ -238,22 +238,29 @@ def scores_json(scores: Scores) -> str:
     return json.dumps(scores.as_dict(), indent=2) + "\n"
 
 
-def token_scores(logits: np.ndarray) -> dict[str, float]:
-    """MGN's class tokens: precision, recall and F1 (macro over classes, in percent) of class token i classified as
-    class i, from the class head's [25, 25] logits (row i: token i)."""
-    predicted = np.asarray(logits).argmax(axis=1)  # [25]
-    truth = np.arange(len(predicted))
-    precision, recall, f1 = [], [], []
-    for cls in truth:
-        tp = float(np.sum((predicted == cls) & (truth == cls)))
-        n_pred = float(np.sum(predicted == cls))
-        p = tp / n_pred if n_pred else 0.0
-        r = tp  # exactly one token per class
-        precision.append(p)
-        recall.append(r)
-        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+def token_scores(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """MGN's grouped class tokens of one modality against the classes truly present in that modality (Figure 2).
+
+    Per video, class token c is taken as found when its head's probability on the video's grouped token
+    (`p_a[c]` for the audio tokens, `p_v[c]` for the visual ones) is at least `threshold`, and as right when
+    class c occurs in that modality's dense ground truth of the video. The counts of all videos are pooled:
+    precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2TP / (2TP + FP + FN), in percent (0 where
+    undefined).
+
+    Args:
+        probs: [N, 25] the video-level probability of each class token of one modality
+        truth: [N, 10, 25] that modality's dense ground truth (or [N, 25], per video)
+    """
+    found = np.asarray(probs) >= threshold  # [N, 25]
+    present = np.asarray(truth, dtype=bool)
+    if present.ndim == 3:
+        present = present.any(axis=1)  # [N, 25]
+    if found.shape != present.shape:
+        raise ValueError(f"token_scores: probabilities {found.shape} against ground truth {present.shape}")
+    tp = int(np.sum(found & present))
+    fp, fn = int(np.sum(found & ~present)), int(np.sum(~found & present))
     return {
-        "precision": 100 * float(np.mean(precision)),
-        "recall": 100 * float(np.mean(recall)),
-        "f1": 100 * float(np.mean(f1)),
+        "precision": 100.0 * tp / (tp + fp) if tp + fp else 0.0,
+        "recall": 100.0 * tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 100.0 * 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
     }
