@@ -48,12 +48,49 @@ def test_plot_tokens(mgn_run: Path, tmp_path: Path):
     rows = read_csv(tmp_path / "tokens.csv")
     records = [json.loads(line) for line in (mgn_run / "metrics.jsonl").read_text().splitlines()]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert list(rows[0]) == ["epoch", "audio_precision", "audio_recall", "audio_f1", "visual_precision",
-                             "visual_recall", "visual_f1"]  # fmt: skip
+    assert [int(r["steps"]) for r in rows] == [r["steps"] for r in records]
     for row, record in zip(rows, records):
         for modality in ("audio", "visual"):
             for stat in ("precision", "recall", "f1"):
-                assert float(row[f"{modality}_{stat}"]) == pytest.approx(record["tokens"][modality][stat], abs=0.005)
+                for aggregate in ("mean", "min", "max"):  # one run: all three are its score
+                    value = float(row[f"{modality}_{stat}_{aggregate}"])
+                    assert value == pytest.approx(record["tokens"][modality][stat], abs=0.005)
+
+
+def _token_run(folder: Path, f1_by_epoch: list[float], steps_per_epoch: int = 10) -> Path:
+    """A run folder whose metrics.jsonl holds set class-token scores (precision = recall = F1 = the given value)."""
+    folder.mkdir()
+    lines = []
+    for epoch, f1 in enumerate(f1_by_epoch, start=1):
+        scores = {"precision": f1, "recall": f1, "f1": f1}
+        tokens = {"split": "val", "audio": scores, "visual": {k: v / 2 for k, v in scores.items()}}
+        lines.append(json.dumps({"epoch": epoch, "steps": epoch * steps_per_epoch, "tokens": tokens}))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_plot_tokens_combines_seeds_up_to_the_shortest_run(tmp_path: Path):
+    runs = [_token_run(tmp_path / "a", [10.0, 40.0, 90.0]), _token_run(tmp_path / "b", [20.0, 80.0])]
+    out = tmp_path / "tokens.png"
+    assert main(["plot", "tokens", *map(str, runs), "--out", str(out)]) == 0
+    assert_png(out)
+    rows = read_csv(tmp_path / "tokens.csv")
+    assert [(r["epoch"], r["steps"]) for r in rows] == [("1", "10"), ("2", "20")]
+    assert [r["audio_f1_mean"] for r in rows] == ["15.00", "60.00"]
+    assert [(r["audio_recall_min"], r["audio_recall_max"]) for r in rows] == [("10.00", "20.00"), ("40.00", "80.00")]
+    assert [r["visual_precision_mean"] for r in rows] == ["7.50", "30.00"]
+    _token_run(tmp_path / "c", [10.0], steps_per_epoch=7)
+    assert main(["plot", "tokens", str(runs[0]), str(tmp_path / "c"), "--out", str(out)]) == 2
+
+
+def test_plot_tokens_refuses_the_old_definition(tmp_path: Path, capsys):
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    old = {"audio": {"precision": 100.0, "recall": 100.0, "f1": 100.0}}
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "tokens": old | {"visual": old["audio"]}}) + "\n")
+    assert main(["plot", "tokens", str(run_dir), "--out", str(tmp_path / "t.png")]) == 2
+    assert "old definition" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_plot_tokens_of_a_run_without_tokens_is_an_error(tmp_path: Path, capsys):
@@ -82,7 +119,8 @@ def test_plot_recall_csv_holds_each_runs_per_class_event_recall(mgn_run: Path, t
     cache = mgn_run / "test_pred.npz"
     assert cache.is_file()
     rows = read_csv(tmp_path / "recall.csv")
-    assert list(rows[0]) == ["class", "track", "mgn", "truth"]
+    stats = ("mean", "min", "max")
+    assert list(rows[0]) == ["class", "track", "events", *(f"{r} {s}" for r in ("mgn", "truth") for s in stats)]
     tracks = ("audio", "visual", "audio_visual")
     assert [(r["class"], r["track"]) for r in rows] == [(name, track) for track in tracks for name in CLASSES]
 
@@ -96,13 +134,32 @@ def test_plot_recall_csv_holds_each_runs_per_class_event_recall(mgn_run: Path, t
         for class_index, recall in enumerate(expected):
             row = rows[index * len(CLASSES) + class_index]
             has_events = bool(truth[track][:, :, class_index].any())
-            assert row["truth"] == ("100.00" if has_events else ""), row
-            assert row["mgn"] == ("" if np.isnan(recall) else f"{recall:.2f}"), row
+            assert row["events"] == str(_count_events(truth[track][:, :, class_index])), row
+            for stat in stats:  # one run per label: its mean, min and max are its recall
+                assert row[f"truth {stat}"] == ("100.00" if has_events else ""), row
+                assert row[f"mgn {stat}"] == ("" if np.isnan(recall) else f"{recall:.2f}"), row
+
+    # Runs under one label (seeds) are combined: their mean, lowest and highest recall per class.
+    both = tmp_path / "both.png"
+    assert main(["plot", "recall", str(mgn_run), str(truth_run), "--labels", "x,x", "--out", str(both)]) == 0
+    for alone, combined in zip(rows, read_csv(tmp_path / "both.csv")):
+        if alone["truth mean"] == "":
+            assert combined["x mean"] == combined["x min"] == combined["x max"] == ""
+            continue
+        values = sorted([float(alone["mgn mean"]), 100.0])
+        assert float(combined["x mean"]) == pytest.approx(sum(values) / 2, abs=0.006)
+        assert (float(combined["x min"]), float(combined["x max"])) == pytest.approx(values, abs=0.006)
 
     # A second plot reuses the cached predictions.
     stamp = cache.stat().st_mtime_ns
     assert main(["plot", "recall", str(mgn_run), "--out", str(tmp_path / "again.png"), "--device", "cpu"]) == 0
     assert cache.stat().st_mtime_ns == stamp
+
+
+def _count_events(track: np.ndarray) -> int:
+    """Ground-truth events of one class in [N, 10] bool: the maximal runs of true segments."""
+    padded = np.pad(track.astype(np.int8), ((0, 0), (1, 0)))
+    return int((np.diff(padded, axis=1) == 1).sum())
 
 
 def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys):
@@ -167,8 +224,17 @@ def test_plot_class_recall_csv_keeps_nan_as_empty(tmp_path: Path):
     png, csv_file = plot_class_recall(recalls, tmp_path / "r.png")
     assert_png(png)
     rows = read_csv(csv_file)
-    assert rows[1] == {"class": "Car", "track": "audio", "HAN": "4.00", "MGN": ""}
-    assert rows[len(CLASSES) + 3] == {"class": "Dog", "track": "visual", "HAN": "12.00", "MGN": "50.00"}
+    han = {"HAN mean": "4.00", "HAN min": "4.00", "HAN max": "4.00"}
+    assert rows[1] == {
+        "class": "Car",
+        "track": "audio",
+        "events": "",
+        **han,
+        "MGN mean": "",
+        "MGN min": "",
+        "MGN max": "",
+    }
+    assert rows[len(CLASSES) + 3]["MGN mean"] == "50.00" and rows[len(CLASSES) + 3]["HAN max"] == "12.00"
 
 
 def test_plot_rejects_a_non_png_name(mgn_run: Path, tmp_path: Path, capsys):

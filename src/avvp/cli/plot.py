@@ -22,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predictions are computed once per run and cached as RUN_DIR/test_pred.npz.",
     )
     recall.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders of avvp train / avvp sweep")
-    recall.add_argument("--labels", help="comma-separated legend labels, one per RUN_DIR (default: folder names)")
+    recall.add_argument(
+        "--labels",
+        help="comma-separated legend labels, one per RUN_DIR (default: folder names); runs with the same label (the "
+        "seeds of one model) are combined: their mean recall, with the lowest and highest",
+    )
     recall.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
     recall.add_argument("--features", metavar="PATH", help="features, where they moved since training")
     recall.add_argument("--annotations", metavar="DIR", help="annotation folder, where it moved since training")
@@ -31,10 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tokens = kinds.add_parser(
         "tokens",
-        help="precision / recall / F1 of the audio and visual class tokens per epoch (Figure 2)",
-        description="Class-token precision, recall and F1 per epoch, read from RUN_DIR/metrics.jsonl (MGN runs).",
+        help="precision / recall / F1 of the audio and visual class tokens over training (Figure 2)",
+        description="Class-token precision, recall and F1 on the val split after each epoch, against training steps, "
+        "read from RUN_DIR/metrics.jsonl (MGN runs). Per video, class token c counts as found when its head's "
+        "probability on the video's grouped token (p_a or p_v) is >= 0.5, and as right when c occurs in that "
+        "modality's ground truth; counts are pooled over the videos. Several RUN_DIRs (seeds) are combined: mean, "
+        "with a band from the lowest to the highest.",
     )
-    tokens.add_argument("run_dir", metavar="RUN_DIR", help="an MGN run folder of avvp train")
+    tokens.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="MGN run folders of avvp train / avvp sweep")
+    tokens.add_argument("--title", help="figure title (default: the run folder names)")
     tokens.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
     tokens.set_defaults(func=run_tokens)
 
@@ -65,6 +74,8 @@ def _check_png(out: str) -> None:
 def run_recall(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from avvp.cli.common import resolve_device
     from avvp.errors import AvvpError
     from avvp.reports.plots import RECALL_TRACKS, plot_class_recall
@@ -76,16 +87,24 @@ def run_recall(args: argparse.Namespace) -> int:
     )
     if len(labels) != len(args.run_dirs):
         raise AvvpError(f"--labels: {len(labels)} label(s) for {len(args.run_dirs)} run folder(s)")
-    if len(set(labels)) != len(labels):
-        raise AvvpError("--labels: every run needs its own label (pass --labels when folder names repeat)")
     device = str(resolve_device(args.device))
-    recalls = {}
+    recalls: dict[str, dict[str, list]] = {}
+    events: dict[str, np.ndarray] = {}
     for label, run_dir in zip(labels, args.run_dirs):
         _, scores = run_test_predictions(run_dir, device=device, features=args.features, annotations=args.annotations)
-        recalls[label] = {track: scores.event_counts[track].class_recall() for track in RECALL_TRACKS}
-        print(f"{label}: test event-level Audio {scores.event['audio']:.1f}, Visual {scores.event['visual']:.1f}, "
-              f"Audio-Visual {scores.event['audio_visual']:.1f}")  # fmt: skip
-    png, csv_file = plot_class_recall(recalls, args.out)
+        counts = {track: scores.event_counts[track] for track in RECALL_TRACKS}
+        truth = {track: (c.tp + c.fn).sum(axis=0) for track, c in counts.items()}  # test events per class [25]
+        if events and any((events[t] != truth[t]).any() for t in RECALL_TRACKS):
+            raise AvvpError(f"{run_dir}: scored on other test annotations than the runs before it")
+        events = truth
+        for track, c in counts.items():
+            recalls.setdefault(label, {}).setdefault(track, []).append(c.class_recall())
+        print(f"{label} ({Path(run_dir).name}): test event-level Audio {scores.event['audio']:.1f}, "
+              f"Visual {scores.event['visual']:.1f}, Audio-Visual {scores.event['audio_visual']:.1f}")  # fmt: skip
+    arrays = {
+        label: {track: np.stack(values) for track, values in by_track.items()} for label, by_track in recalls.items()
+    }
+    png, csv_file = plot_class_recall(arrays, args.out, events=events)
     print(f"wrote {png} and {csv_file}")
     return 0
 
@@ -96,12 +115,16 @@ def run_tokens(args: argparse.Namespace) -> int:
     from avvp.reports.plots import load_token_history, plot_token_curves
 
     _check_png(args.out)
-    history = load_token_history(args.run_dir)
-    png, csv_file = plot_token_curves(history, args.out, title=f"Class tokens of {Path(args.run_dir).name}")
-    last = history[-1]
-    print(
-        f"epoch {last['epoch']}: audio token F1 {last['audio']['f1']:.1f}, visual token F1 {last['visual']['f1']:.1f}"
-    )
+    histories = [load_token_history(run_dir) for run_dir in args.run_dirs]
+    names = ", ".join(Path(run_dir).name for run_dir in args.run_dirs)
+    title = args.title or f"Class tokens of {names}"
+    png, csv_file = plot_token_curves(histories, args.out, title=title)
+    for run_dir, history in zip(args.run_dirs, histories):
+        last = history[-1]
+        print(
+            f"{Path(run_dir).name}, epoch {last['epoch']} (step {last['steps']}): audio token F1 "
+            f"{last['audio']['f1']:.1f}, visual token F1 {last['visual']['f1']:.1f}"
+        )
     print(f"wrote {png} and {csv_file}")
     return 0
 

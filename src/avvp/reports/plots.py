@@ -2,7 +2,7 @@
 
 - `plot_class_recall`: event-level recall of the 25 classes for audio, visual and audio-visual events, one colour
   per run (Figure 1).
-- `plot_token_curves`: precision, recall and F1 of the audio and visual class tokens per epoch (Figure 2).
+- `plot_token_curves`: precision, recall and F1 of the audio and visual class tokens over training (Figure 2).
 - `plot_video_parse`: one video's parse against its ground truth, class by class, audio and visual tracks.
 
 This module only draws and writes files; the numbers come from `avvp.metrics`, `avvp.sweep` and the run folders.
@@ -78,13 +78,20 @@ def _percent(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.2f}"
 
 
-def plot_class_recall(recalls: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> tuple[Path, Path]:
-    """Grouped bars of per-class event-level recall, one panel per track and one colour per run; CSV beside it.
+def plot_class_recall(
+    recalls: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *, events: Mapping[str, np.ndarray] | None = None
+) -> tuple[Path, Path]:
+    """Grouped bars of per-class event-level recall, one panel per track and one colour per label; CSV beside it.
+
+    Runs that share a label (the seeds of one model) are combined: the bar is their mean and a black line spans
+    their lowest to highest recall.
 
     Args:
-        recalls: run label -> track ('audio', 'visual', 'audio_visual') -> recall in percent [25] (NaN where the
-            class has no ground-truth event of that track).
-        path: the PNG to write; FILE.csv gets one row per class and track, one column per run.
+        recalls: label -> track ('audio', 'visual', 'audio_visual') -> recall in percent, [25] for one run or
+            [runs, 25] (NaN where the class has no ground-truth event of that track).
+        path: the PNG to write; FILE.csv gets one row per class and track: the number of test events, then each
+            label's mean, min and max over its runs.
+        events: track -> number of ground-truth events per class [25], written above the classes when given.
 
     Returns:
         (png path, csv path).
@@ -93,39 +100,83 @@ def plot_class_recall(recalls: Mapping[str, Mapping[str, np.ndarray]], path: str
         raise ValueError("no run to plot")
     plt = _pyplot()
     labels = list(recalls)
-    positions = np.arange(len(CLASSES))  # [25]
-    width = 0.8 / len(labels)
-    colours = plt.get_cmap("tab10").colors
-    figure, axes = plt.subplots(len(RECALL_TRACKS), 1, figsize=(15, 10), sharex=True)
+    runs = {
+        label: {t: np.atleast_2d(np.asarray(recalls[label][t], dtype=float)) for t in RECALL_TRACKS} for label in labels
+    }
+    figure, axes = plt.subplots(len(RECALL_TRACKS), 1, figsize=(15, 10.5), sharex=True)
     for panel, track in zip(axes, RECALL_TRACKS):
-        for index, label in enumerate(labels):
-            values = np.asarray(recalls[label][track], dtype=float)  # [25]
-            offset = (index - (len(labels) - 1) / 2) * width
-            panel.bar(positions + offset, np.nan_to_num(values), width, label=label, color=colours[index % 10])
-            missing = np.isnan(values)  # no ground-truth event of this class and track: mark it, not a zero bar
-            panel.plot(positions[missing] + offset, np.full(missing.sum(), 3.0), "x", color="#888888", markersize=4)
-        panel.set_ylim(0, 100)
-        panel.set_ylabel("recall (%)")
-        panel.set_title(f"{TRACK_NAMES[track]} events", loc="left", fontsize=11)
-        panel.grid(axis="y", color="#dddddd", linewidth=0.6)
-        panel.set_axisbelow(True)
-        panel.set_xlim(-0.6, len(CLASSES) - 0.4)
+        _recall_panel(panel, track, {label: runs[label][track] for label in labels}, plt.get_cmap("tab10").colors)
+        if events is not None:
+            for index, count in enumerate(np.asarray(events[track])):
+                panel.text(index, 101, str(int(count)), ha="center", va="bottom", fontsize=7, color="#555555")
+    positions = np.arange(len(CLASSES))
     axes[-1].set_xticks(positions, [name.replace("_", " ") for name in CLASSES], rotation=45, ha="right")
-    axes[0].legend(loc="upper right", ncol=len(labels), fontsize=9, frameon=False, bbox_to_anchor=(1.0, 1.2))
+    axes[0].legend(loc="upper right", ncol=len(labels), fontsize=9, frameon=False, bbox_to_anchor=(1.0, 1.28))
+    seeds = (
+        "; bars: mean over a label's runs, black line: their lowest to highest"
+        if any(runs[label]["audio"].shape[0] > 1 for label in labels)
+        else ""
+    )
+    counts = "; grey numbers: test events per class" if events is not None else ""
     figure.suptitle(
-        "Event-level recall per class (test split); x: no ground-truth event of that class",
+        f"Event-level recall per class (test split); x: no ground-truth event of that class{seeds}{counts}",
         x=0.01,
         ha="left",
-        fontsize=12,
+        fontsize=11,
     )
     figure.tight_layout()
-    rows = [
-        [name, track, *(_percent(float(recalls[label][track][index])) for label in labels)]
-        for track in RECALL_TRACKS
-        for index, name in enumerate(CLASSES)
-    ]
-    csv_file = write_csv(csv_path_for(path), ["class", "track", *labels], rows)
-    return save_figure(figure, path), csv_file
+    return save_figure(figure, path), _write_recall_csv(path, runs, events)
+
+
+def _recall_panel(panel, track: str, runs: Mapping[str, np.ndarray], colours: Sequence[Any]) -> None:
+    """One track's bars: per label the mean over its runs [runs, 25], with the runs' range where there are several."""
+    positions = np.arange(len(CLASSES))  # [25]
+    width = 0.8 / len(runs)
+    for index, (label, values) in enumerate(runs.items()):
+        offset = (index - (len(runs) - 1) / 2) * width
+        mean = _nanmean(values)
+        panel.bar(positions + offset, np.nan_to_num(mean), width, label=label, color=colours[index % 10])
+        if values.shape[0] > 1:
+            low, high = _nanrange(values)
+            panel.vlines(positions + offset, low, high, color="black", linewidth=0.8)
+        missing = np.isnan(mean)  # no ground-truth event of this class and track: mark it, not a zero bar
+        panel.plot(positions[missing] + offset, np.full(missing.sum(), 3.0), "x", color="#888888", markersize=4)
+    panel.set_ylim(0, 100)
+    panel.set_ylabel("recall (%)")
+    panel.set_title(f"{TRACK_NAMES[track]} events", loc="left", fontsize=11, pad=12)
+    panel.grid(axis="y", color="#dddddd", linewidth=0.6)
+    panel.set_axisbelow(True)
+    panel.set_xlim(-0.6, len(CLASSES) - 0.4)
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over runs [runs, 25] -> [25], NaN where every run is NaN (no warning)."""
+    counts = (~np.isnan(values)).sum(axis=0)
+    sums = np.nansum(values, axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _nanrange(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest over runs [runs, 25], NaN where every run is NaN."""
+    missing = np.isnan(values).all(axis=0)
+    low = np.where(missing, np.nan, np.where(np.isnan(values), np.inf, values).min(axis=0))
+    high = np.where(missing, np.nan, np.where(np.isnan(values), -np.inf, values).max(axis=0))
+    return low, high
+
+
+def _write_recall_csv(
+    path: str | Path, runs: Mapping[str, Mapping[str, np.ndarray]], events: Mapping[str, np.ndarray] | None
+) -> Path:
+    """One row per class and track: test events, then per label the mean, min and max recall over its runs."""
+    header = ["class", "track", "events", *(f"{label} {stat}" for label in runs for stat in ("mean", "min", "max"))]
+    rows = []
+    for track in RECALL_TRACKS:
+        stats = {label: (_nanmean(runs[label][track]), *_nanrange(runs[label][track])) for label in runs}
+        for index, name in enumerate(CLASSES):
+            count = "" if events is None else int(np.asarray(events[track])[index])
+            cells = [_percent(float(stat[index])) for label in runs for stat in stats[label]]
+            rows.append([name, track, count, *cells])
+    return write_csv(csv_path_for(path), header, rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,7 +184,7 @@ def plot_class_recall(recalls: Mapping[str, Mapping[str, np.ndarray]], path: str
 
 
 def load_token_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Per epoch, the class-token scores a run recorded in metrics.jsonl: [{"epoch", "audio", "visual"}, ...]."""
+    """Per epoch, the class-token scores a run recorded in metrics.jsonl: [{"epoch", "steps", "audio", "visual"}]."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise AvvpError(f"{run_dir}: no metrics.jsonl; not a run folder of avvp train")
@@ -148,47 +199,86 @@ def load_token_history(run_dir: str | Path) -> list[dict[str, Any]]:
         if "tokens" not in record:
             raise AvvpError(f"{path}, line {line_number}: no class-token scores (a HAN run? only MGN has tokens)")
         tokens = record["tokens"]
-        history.append({"epoch": int(record["epoch"]), "audio": tokens["audio"], "visual": tokens["visual"]})
+        if "split" not in tokens or "steps" not in record:
+            raise AvvpError(
+                f"{path}, line {line_number}: class-token scores of the old definition (the class head on the "
+                "learned tokens, 100 % from epoch 1); train the run again with this version"
+            )
+        entry = {"epoch": int(record["epoch"]), "steps": int(record["steps"])}
+        history.append(entry | {"audio": tokens["audio"], "visual": tokens["visual"]})
     if not history:
         raise AvvpError(f"{path}: no epoch recorded yet")
     return history
 
 
-def plot_token_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> tuple[Path, Path]:
-    """Precision, recall and F1 of the audio and visual class tokens per epoch (two panels); CSV beside it.
+def plot_token_curves(
+    histories: Sequence[Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = ""
+) -> tuple[Path, Path]:
+    """Precision, recall and F1 of the audio and visual class tokens against training steps (two panels).
+
+    Several runs (the seeds of one model) are combined: the line is their mean and the band spans their lowest
+    to highest value; the curves stop at the shortest run (early stopping ends runs at different epochs).
 
     Args:
-        history: as from `load_token_history`, one entry per epoch with 'epoch', 'audio' and 'visual' score dicts
-            (percent).
-        path: the PNG to write; FILE.csv gets one row per epoch.
+        histories: one per run, as from `load_token_history` (each entry: 'epoch', 'steps', and the 'audio' and
+            'visual' score dicts in percent); the runs must share their steps per epoch.
+        path: the PNG to write; FILE.csv gets one row per epoch (mean, min and max of each score).
     """
+    epochs, steps, values = _stack_histories(histories)  # values [runs, epochs, 2, 3]
     plt = _pyplot()
-    epochs = [entry["epoch"] for entry in history]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     styles = {"precision": ("#1f77b4", "o"), "recall": ("#2ca02c", "s"), "f1": ("#d62728", "^")}
-    for panel, modality in zip(axes, ("audio", "visual")):
-        for stat in TOKEN_STATS:
+    for m, (panel, modality) in enumerate(zip(axes, ("audio", "visual"))):
+        for k, stat in enumerate(TOKEN_STATS):
             colour, marker = styles[stat]
-            values = [entry[modality][stat] for entry in history]
-            panel.plot(epochs, values, color=colour, marker=marker, markersize=4, label=stat.replace("f1", "F1"))
+            series = values[:, :, m, k]
+            panel.plot(steps, series.mean(axis=0), color=colour, marker=marker, markersize=4, label=_stat_name(stat))
+            if len(histories) > 1:
+                panel.fill_between(steps, series.min(axis=0), series.max(axis=0), color=colour, alpha=0.15)
         panel.set_title(f"{modality} class tokens", loc="left", fontsize=11)
-        panel.set_xlabel("epoch")
+        panel.set_xlabel(f"training steps ({steps[0]} per epoch)")
         panel.set_ylim(-2, 102)
         panel.grid(color="#dddddd", linewidth=0.6)
-        if len(epochs) < 20:
-            panel.set_xticks(epochs)
-    axes[0].set_ylabel("%")
+    axes[0].set_ylabel("% (val split)")
     handles, names = axes[0].get_legend_handles_labels()
     figure.legend(handles, names, loc="upper right", ncol=3, fontsize=9, frameon=False)
     if title:
         figure.suptitle(title, x=0.01, ha="left", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
-    header = ["epoch", *(f"{m}_{s}" for m in ("audio", "visual") for s in TOKEN_STATS)]
+    header = ["epoch", "steps", *(f"{m}_{s}_{a}" for m in ("audio", "visual") for s in TOKEN_STATS for a in AGGREGATES)]
     rows = [
-        [entry["epoch"], *(f"{entry[m][s]:.2f}" for m in ("audio", "visual") for s in TOKEN_STATS)] for entry in history
+        [
+            epoch,
+            step,
+            *(f"{agg(values[:, e, m, k]):.2f}" for m in range(2) for k in range(3) for agg in AGGREGATES.values()),
+        ]
+        for e, (epoch, step) in enumerate(zip(epochs, steps))
     ]
     csv_file = write_csv(csv_path_for(path), header, rows)
     return save_figure(figure, path), csv_file
+
+
+AGGREGATES = {"mean": np.mean, "min": np.min, "max": np.max}
+
+
+def _stat_name(stat: str) -> str:
+    return "F1" if stat == "f1" else stat
+
+
+def _stack_histories(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[int], list[int], np.ndarray]:
+    """The epochs and steps all runs reached, and their scores [runs, epochs, modality, stat]."""
+    if not histories:
+        raise ValueError("no run to plot")
+    length = min(len(history) for history in histories)
+    epochs = [entry["epoch"] for entry in histories[0][:length]]
+    steps = [entry["steps"] for entry in histories[0][:length]]
+    for history in histories[1:]:
+        if [entry["steps"] for entry in history[:length]] != steps:
+            raise AvvpError("the runs differ in their steps per epoch (another batch size or training set)")
+    values = np.array(
+        [[[[entry[m][s] for s in TOKEN_STATS] for m in ("audio", "visual")] for entry in h[:length]] for h in histories]
+    )
+    return epochs, steps, values
 
 
 # ----------------------------------------------------------------------------------------------------------------
