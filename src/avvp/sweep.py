@@ -427,8 +427,16 @@ def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> 
     return rows
 
 
-def write_tables(out_dir: str | Path, kind: str, rows: Sequence[ResultRow], seeds: Sequence[int]) -> tuple[Path, Path]:
-    """Write OUT/table.md (segment level, the paper's layout, with an event-level table below) and OUT/table.csv."""
+def write_tables(
+    out_dir: str | Path,
+    kind: str,
+    rows: Sequence[ResultRow],
+    seeds: Sequence[int],
+    *,
+    recipe: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write OUT/table.md (segment level, the paper's layout, with an event-level table below) and OUT/table.csv;
+    `recipe` (the `train` record of sweep.json) is stated under the title where given."""
     from avvp.reports.tables import csv_table, markdown_table
 
     out_dir = Path(out_dir)
@@ -442,8 +450,10 @@ def write_tables(out_dir: str | Path, kind: str, rows: Sequence[ResultRow], seed
             "column in bold. Model Size: float32 MB (10^6 bytes) and exact parameter counts."
         ),
         "",
-        markdown_table(rows, level="segment"),
     ]
+    if recipe:
+        lines += [f"Recipe: {describe_recipe(recipe)}.", ""]
+    lines += [markdown_table(rows, level="segment")]
     incomplete = [
         f"{_row_label(row)} ({len(row.seeds)} of {len(seeds)})" for row in rows if len(row.seeds) < len(seeds)
     ]
@@ -454,6 +464,30 @@ def write_tables(out_dir: str | Path, kind: str, rows: Sequence[ResultRow], seed
     atomic_write_text(md_path, "\n".join(lines))
     atomic_write_text(csv_path, csv_table(rows))
     return md_path, csv_path
+
+
+def describe_recipe(train: dict[str, Any]) -> str:
+    """The training recipe of a sweep in words, from its sweep.json `train` record."""
+    videos = train.get("max_train_videos")
+    parts = [
+        f"{'all' if videos is None else f'the first {videos:,}'} training videos",
+        f"at most {train['epochs']} epochs, batch {train['batch_size']}, Adam {train['lr']:g}",
+        f"StepLR x{train['lr_gamma']:g} every {train['lr_step']} epochs",
+    ]
+    if train.get("patience"):
+        parts.append(f"early stopping after {train['patience']} epochs without a better val Type@AV "
+                     f"(from epoch {train.get('min_epochs', 0)})")  # fmt: skip
+    parts.append(f"precision {train.get('precision', 'auto')}; the best val epoch is tested")
+    return ", ".join(parts)
+
+
+def read_sweep_recipe(out_dir: str | Path) -> dict[str, Any] | None:
+    """The `train` record of OUT/sweep.json, or None where there is none (or it cannot be read)."""
+    path = Path(out_dir) / "sweep.json"
+    try:
+        return json.loads(path.read_text())["train"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _row_label(row: ResultRow) -> str:
@@ -487,6 +521,14 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise AvvpError(f"{path}: not valid JSON ({err})") from err
 
 
+def _data_path(run_dir: Path, path: str | Path, flag: str) -> Path:
+    """A run's data path, which must exist (else: pass `flag`)."""
+    path = Path(path)
+    if not path.exists():
+        raise AvvpError(f"{run_dir}: its data {path} does not exist (moved?); pass {flag}")
+    return path
+
+
 def run_test_predictions(
     run_dir: str | Path,
     *,
@@ -497,7 +539,8 @@ def run_test_predictions(
     """Scores of a run's best checkpoint on test, predicting once and caching RUN_DIR/test_pred.npz.
 
     The features and annotations are those recorded in the run's config.json unless given (data moved). The cache
-    is used while it is newer than best.safetensors.
+    is used while it is newer than best.safetensors; a run folder without weights (kept by `avvp results`) is
+    scored from its cache alone, without features.
 
     Returns:
         (split, scores): the test `Split` and the `Scores` of the cached predictions.
@@ -508,17 +551,17 @@ def run_test_predictions(
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    checkpoint = run_dir / "best.safetensors"
-    if not checkpoint.is_file():
-        raise AvvpError(f"{run_dir}: no best.safetensors; the run has not finished an epoch")
-    features = Path(features or config["features"])
-    annotations = Path(annotations or config["annotations"])
-    for path, flag in ((features, "--features"), (annotations, "--annotations")):
-        if not path.exists():
-            raise AvvpError(f"{run_dir}: its data {path} does not exist (moved?); pass {flag}")
+    checkpoint, cache = run_dir / "best.safetensors", run_dir / TEST_PREDICTIONS
+    annotations = _data_path(run_dir, annotations or config["annotations"], "--annotations")
     split = load_split(annotations, "test")
-    cache = run_dir / TEST_PREDICTIONS
+    if not checkpoint.is_file():  # kept results (`avvp results`): the cached predictions alone
+        if not cache.is_file():
+            raise AvvpError(
+                f"{run_dir}: no best.safetensors (nor {TEST_PREDICTIONS}); the run has not finished an epoch"
+            )
+        return split, score_predictions(cache, split)
     if not cache.exists() or cache.stat().st_mtime < checkpoint.stat().st_mtime:
+        features = _data_path(run_dir, features or config["features"], "--features")
         log.info("%s: predicting the test split with best.safetensors", run_dir)
         predictions = predict_videos(checkpoint, features, split.filenames, device=device)
         save_predictions(cache, split.filenames, predictions)

@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "models",
     "export",
     "sweep",
+    "results",
     "plot",
     "demo",
 ]

@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument(
-        "--features", required=True, metavar="PATH",
-        help="features: a folder in the official layout (vggish/, res152/, r2plus1d_18/) or packs from `avvp pack`",
+        "--features", metavar="PATH",
+        help="features: a folder in the official layout (vggish/, res152/, r2plus1d_18/) or packs from `avvp pack` "
+        "(required unless --table-only)",
     )  # fmt: skip
     add_annotations_arg(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="sweep folder (run folders, logs, tables)")
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from avvp.sweep import (
         collect_rows,
         plan_runs,
+        read_sweep_recipe,
         run_sweep,
         sweep_configs,
         worker_devices,
@@ -136,10 +138,13 @@ def run(args: argparse.Namespace) -> int:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
-    features = Path(args.features).resolve()
-    if not features.exists():
-        raise AvvpError(f"--features {args.features}: does not exist")
-    annotations = resolve_annotations(args.annotations).resolve()
+    if not args.table_only:  # a table needs only the finished runs' test_scores.json, not the data
+        if not args.features:
+            raise AvvpError("--features: required to train (only --table-only works without the data)")
+        features = Path(args.features).resolve()
+        if not features.exists():
+            raise AvvpError(f"--features {args.features}: does not exist")
+        annotations = resolve_annotations(args.annotations).resolve()
     names = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else None
     configs = sweep_configs(args.sweep_kind, names)
     seeds = _parse_seeds(args.seeds)
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     rows = collect_rows(configs, runs)
     if not any(row.seeds for row in rows):
         raise AvvpError(f"{out}: no finished run (test_scores.json) to make a table from")
-    md_path, csv_path = write_tables(out, args.sweep_kind, rows, seeds)
+    md_path, csv_path = write_tables(out, args.sweep_kind, rows, seeds, recipe=read_sweep_recipe(out))
     print(md_path.read_text().split("\n## ")[0].rstrip())
     print(f"\ntables written to {md_path} and {csv_path}")
     for name, reason in failed.items():
