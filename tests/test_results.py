@@ -40,6 +40,11 @@ def test_kept_results_redraw_the_tables_and_figures_without_weights_or_data(tmp_
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)  # compressed, bit for bit
 
     tables = {name: _read(sweep / name) for name in ("table.csv", "table.md")}
+    assert (
+        "Recipe: all training videos, at most 2 epochs, batch 16, Adam 0.0003, StepLR x0.1 every 10"
+        in tables["table.md"]
+    )
+    assert "precision auto (fp32); the best val epoch is tested." in tables["table.md"]
     shutil.rmtree(data)  # neither the features nor the annotations nor the weights are left
     shutil.rmtree(sweep)
     for name in tables:

@@ -481,13 +481,18 @@ def describe_recipe(train: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def read_sweep_recipe(out_dir: str | Path) -> dict[str, Any] | None:
-    """The `train` record of OUT/sweep.json, or None where there is none (or it cannot be read)."""
+def read_sweep_recipe(out_dir: str | Path, runs: Sequence[PlannedRun] = ()) -> dict[str, Any] | None:
+    """The `train` record of OUT/sweep.json, or None where there is none (or it cannot be read); a precision of
+    'auto' is completed with what the finished `runs` resolved it to (their config.json), e.g. 'auto (fp32)'."""
     path = Path(out_dir) / "sweep.json"
     try:
-        return json.loads(path.read_text())["train"]
+        recipe = dict(json.loads(path.read_text())["train"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
+    used = {(read_run_record(run.run_dir) or {}).get("precision") for run in runs if run.run_dir.is_dir()} - {None}
+    if recipe.get("precision") == "auto" and used:
+        recipe["precision"] = f"auto ({', '.join(sorted(used))})"
+    return recipe
 
 
 def _row_label(row: ResultRow) -> str:
