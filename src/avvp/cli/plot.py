@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "seeds of one model) are combined: their mean recall, with the lowest and highest",
     )
     recall.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
+    recall.add_argument("--title", help="figure title (default: 'Event-level recall per class (test split)')")
     recall.add_argument("--features", metavar="PATH", help="features, where they moved since training")
     recall.add_argument("--annotations", metavar="DIR", help="annotation folder, where it moved since training")
     add_device_arg(recall)
@@ -104,7 +105,7 @@ def run_recall(args: argparse.Namespace) -> int:
     arrays = {
         label: {track: np.stack(values) for track, values in by_track.items()} for label, by_track in recalls.items()
     }
-    png, csv_file = plot_class_recall(arrays, args.out, events=events)
+    png, csv_file = plot_class_recall(arrays, args.out, events=events, **({"title": args.title} if args.title else {}))
     print(f"wrote {png} and {csv_file}")
     return 0
 

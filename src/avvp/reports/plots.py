@@ -79,7 +79,11 @@ def _percent(value: float) -> str:
 
 
 def plot_class_recall(
-    recalls: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *, events: Mapping[str, np.ndarray] | None = None
+    recalls: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    events: Mapping[str, np.ndarray] | None = None,
+    title: str = "Event-level recall per class (test split)",
 ) -> tuple[Path, Path]:
     """Grouped bars of per-class event-level recall, one panel per track and one colour per label; CSV beside it.
 
@@ -92,6 +96,7 @@ def plot_class_recall(
         path: the PNG to write; FILE.csv gets one row per class and track: the number of test events, then each
             label's mean, min and max over its runs.
         events: track -> number of ground-truth events per class [25], written above the classes when given.
+        title: the first part of the figure's title (the legend's explanations follow it).
 
     Returns:
         (png path, csv path).
@@ -119,7 +124,7 @@ def plot_class_recall(
     )
     counts = "; grey numbers: test events per class" if events is not None else ""
     figure.suptitle(
-        f"Event-level recall per class (test split); x: no ground-truth event of that class{seeds}{counts}",
+        f"{title}; x: no ground-truth event of that class{seeds}{counts}",
         x=0.01,
         ha="left",
         fontsize=11,
