@@ -235,12 +235,37 @@ def test_sweep_end_to_end_then_resume_after_a_kill(tiny_llp: Path, tmp_path: Pat
     assert not (out / ".sweep.lock").exists()
 
     # The same folder with another recipe is refused before anything trains.
-    assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--epochs", "2")) == 2
-    assert "epochs=1 (sweep: 2)" in capsys.readouterr().err
+    assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--lr-step", "5")) == 2
+    assert "lr_step=10 (sweep: 5)" in capsys.readouterr().err
 
     # --table-only rebuilds the table from the finished runs (here only seed 1 of HAN requested).
     assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--table-only")) == 0
     assert [r["seeds"] for r in _table_rows(out)] == ["1"]
+
+
+def test_raising_epochs_continues_the_finished_runs(tiny_llp: Path, tmp_path: Path, capsys):
+    """--epochs is safe to change on resume: a sweep asked for more epochs trains its finished runs on from their
+    last.pt (a run stopped early stays stopped); any other recipe change is still refused."""
+    out = tmp_path / "sweep"
+    common = ("--configs", "mgn-1-1-2", "--seeds", "1")
+    assert main(_sweep_args(tiny_llp, out, *common)) == 0
+    first = json.loads((out / "mgn-1-1-2-seed1" / "test_scores.json").read_text())
+    assert first["last_epoch"] == 1
+    capsys.readouterr()
+    longer = [*_sweep_args(tiny_llp, out, *common)[: -len(common)], *common]
+    longer[longer.index("--epochs") + 1] = "2"
+    assert main(longer) == 0
+    assert "0 run(s) reused, 0 trained, 1 resumed, 0 failed" in capsys.readouterr().out
+    run = out / "mgn-1-1-2-seed1"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((run / "test_scores.json").read_text())["last_epoch"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["resumed"] == [{"after_epoch": 1, "changed": {"epochs": [1, 2]}}]
+    assert main(longer) == 0
+    assert "1 run(s) reused" in capsys.readouterr().out
+    longer[longer.index("--epochs") + 1] = "3"
+    assert main([*longer, "--lr", "0.001"]) == 2
+    assert "lr=0.0003 (sweep: 0.001)" in capsys.readouterr().err
 
 
 def test_partial_folder_with_foreign_files_is_not_deleted(tiny_llp: Path, tmp_path: Path, capsys):

@@ -30,7 +30,7 @@ from typing import Any
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow
-from avvp.run_folder import PidLock, read_run_record
+from avvp.run_folder import SAFE_ON_RESUME, PidLock, read_run_record
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -160,21 +160,27 @@ def plan_runs(
 # Run folders: finished, resumable or restarted
 
 
-def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
-    """Refuse a run folder made by another recipe, model or data: reusing it would mix results silently.
+def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[str]:
+    """Refuse a run folder made by another recipe, model or data: reusing it would mix results silently. Returns
+    the settings that differ but are safe to change on resume (`SAFE_ON_RESUME`, e.g. a larger --epochs): such a
+    run continues from its last.pt under the sweep's settings.
 
     Models are compared by their resolved configs, so `mgn-3-3-6` of the depth sweep (assignments left at their
     defaults) is the same run as the Softmax / Softmax row of the assign sweep (assignments given).
     """
     stored = read_run_record(run.run_dir)
     if stored is None:
-        return
+        return []
     expected = {"features": str(features), "annotations": str(annotations)}
     stored_train = stored.get("train", {})
-    differences = [
-        f"{key}={stored_train.get(key)!r} (sweep: {value!r})"
+    changed = [
+        key
         for key, value in run.train.to_dict().items()
         if key != "model_overrides" and key in stored_train and stored_train[key] != value
+    ]
+    safe = [key for key in changed if key in SAFE_ON_RESUME and (run.run_dir / "last.pt").is_file()]
+    differences = [
+        f"{key}={stored_train.get(key)!r} (sweep: {getattr(run.train, key)!r})" for key in changed if key not in safe
     ]
     model_config = make_config(run.train.model, **run.train.model_overrides).to_dict()
     stored_model = stored.get("model", {}).get("config")
@@ -190,6 +196,7 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> None:
             f"{run.run_dir} was trained with {'; '.join(differences)}: use another --out for this sweep, or delete "
             "that folder"
         )
+    return safe
 
 
 def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
@@ -197,7 +204,8 @@ def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
     folder = run.run_dir
     if not folder.exists() or not any(folder.iterdir()):
         return "new"
-    _check_same_run(run, features, annotations)
+    if _check_same_run(run, features, annotations):  # e.g. --epochs raised: a finished run trains on
+        return "resume"
     if (folder / "test_scores.json").exists():
         return "done"
     if (folder / "last.pt").exists():

@@ -403,6 +403,8 @@ def _resume(run: _Run) -> None:
     _set_rng_state(state["rng"], run)
     run.start_epoch, run.best_epoch, run.best_type = state["epoch"] + 1, state["best_epoch"], state["best_val_type"]
     run.last_epoch, run.stopped = state["epoch"], bool(state.get("stopped", False))
+    if run.ctx.is_main and not run.stopped and run.start_epoch <= run.config.epochs:
+        (run.out_dir / "test_scores.json").unlink(missing_ok=True)  # a finished run trained on (--epochs raised)
     if run.stopped and run.ctx.is_main:
         print(f"{run.out_dir} stopped early after epoch {state['epoch']}; nothing left to train", flush=True)
     if run.ctx.is_main and run.best_epoch == state["epoch"]:
