@@ -88,6 +88,26 @@ def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:
     assert load_file(straight / "best.safetensors").keys() == load_file(resumed / "best.safetensors").keys()
 
 
+def test_a_finished_run_trained_on_drops_its_old_test_scores(tiny_llp: Path, tmp_path: Path, monkeypatch) -> None:
+    """--resume with more --epochs: the 1-epoch test scores are stale once training goes on; a run killed during the
+    extension has none (so a sweep does not take it as finished), and the finished extension writes new ones."""
+    import avvp.train
+
+    out = tmp_path / "run"
+    assert _train(tiny_llp, out, "--epochs", "1", *TINY_MGN) == 0
+    assert (out / "test_scores.json").is_file()
+
+    def killed(run, epoch):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(avvp.train, "_train_epoch", killed)
+        assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 130  # as Ctrl-C
+    assert not (out / "test_scores.json").exists()
+    assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 0
+    assert json.loads((out / "test_scores.json").read_text())["last_epoch"] == 2
+
+
 def test_train_refuses_non_empty_out(tiny_llp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     out.mkdir()
