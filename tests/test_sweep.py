@@ -216,6 +216,7 @@ def test_sweep_end_to_end_then_resume_after_a_kill(tiny_llp: Path, tmp_path: Pat
     table = (out / "table.md").read_text()
     assert "| Method | CUG depth | MCG depth | Model Size (MB) | Parameters |" in table and " ± " in table
     assert "**" in table and "## Event level" in table
+    assert "## Runs" in table and "| han-seed1 | 1 | no | 1 |" in table and "| mgn-1-1-2-seed2 | 1 | no | 1 |" in table
     assert json.loads((out / "sweep.json").read_text())["kind"] == "depth"
 
     # Simulated kills: one run died after its last epoch was saved but before the test scores (last.pt, no

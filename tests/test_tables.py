@@ -138,3 +138,17 @@ def test_csv_table_columns_and_values():
 def test_empty_table_is_refused():
     with pytest.raises(ValueError):
         markdown_table([])
+
+
+def test_runs_table_shows_the_last_epochs_and_their_gain() -> None:
+    from avvp.reports.tables import RunSummary, runs_table
+
+    rising = RunSummary("mgn-seed1", 6, False, 6, (10.0, 20.0, 30.0, 31.0, 30.5, 32.25), 33.0)
+    stopped = RunSummary("han-seed1", 5, True, 1, (55.0, 54.0, 53.0, 54.5, 52.0), 54.7)
+    short = RunSummary("han-seed2", 2, True, 2, (50.0, 51.0), 50.5)
+    lines = runs_table([rising, stopped, short]).splitlines()
+    assert lines[0] == "| Run | Epochs | Stopped early | Best epoch | Val Type@AV, last 4 epochs | Gain | Test |"
+    # last four: 30.0 31.0 30.5 32.25, the best before them 20.0 -> +12.2 (32.25 - 20.0 = 12.25, rounded half even)
+    assert lines[2] == "| mgn-seed1 | 6 | no | 6 | 30.0 31.0 30.5 32.2 | +12.2 | 33.0 |"
+    assert lines[3] == "| han-seed1 | 5 | yes | 1 | 54.0 53.0 54.5 52.0 | -0.5 | 54.7 |"
+    assert lines[4] == "| han-seed2 | 2 | yes | 2 | 50.0 51.0 |  | 50.5 |"

@@ -29,7 +29,7 @@ from typing import Any
 
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
-from avvp.reports.tables import ResultRow
+from avvp.reports.tables import ResultRow, RunSummary
 from avvp.run_folder import SAFE_ON_RESUME, PidLock, read_run_record
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
@@ -435,6 +435,27 @@ def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> 
     return rows
 
 
+def collect_run_summaries(runs: Sequence[PlannedRun]) -> list[RunSummary]:
+    """The finished runs' epochs, best epoch and validation curve (metrics.jsonl) and test Type@AV."""
+    summaries = []
+    for run in runs:
+        scores_path, metrics_path = run.run_dir / "test_scores.json", run.run_dir / "metrics.jsonl"
+        if not scores_path.exists():
+            continue
+        try:
+            scores = json.loads(scores_path.read_text())
+            records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            val = tuple(float(record["val"]["segment"]["type"]) for record in records)
+            summary = RunSummary(
+                run.name, len(val), bool(scores.get("stopped_early")), int(scores["best_epoch"]), val,
+                float(scores["segment"]["type"]),
+            )  # fmt: skip
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise AvvpError(f"{run.run_dir}: not a finished run of avvp train ({err})") from err
+        summaries.append(summary)
+    return summaries
+
+
 def write_tables(
     out_dir: str | Path,
     kind: str,
@@ -442,10 +463,12 @@ def write_tables(
     seeds: Sequence[int],
     *,
     recipe: dict[str, Any] | None = None,
+    summaries: Sequence[RunSummary] = (),
 ) -> tuple[Path, Path]:
-    """Write OUT/table.md (segment level, the paper's layout, with an event-level table below) and OUT/table.csv;
-    `recipe` (the `train` record of sweep.json) is stated under the title where given."""
-    from avvp.reports.tables import csv_table, markdown_table
+    """Write OUT/table.md (segment level, the paper's layout, with an event-level table below and, given
+    `summaries`, one line per run showing its convergence) and OUT/table.csv; `recipe` (the `train` record of
+    sweep.json) is stated under the title where given."""
+    from avvp.reports.tables import csv_table, markdown_table, runs_table
 
     out_dir = Path(out_dir)
     title = "Table 1: CUG and MCG depths" if kind == "depth" else "Table 2: Softmax or Hard-Softmax assignment"
@@ -468,6 +491,18 @@ def write_tables(
     if incomplete:
         lines += [f"Rows with fewer finished seeds: {'; '.join(incomplete)}.", ""]
     lines += ["## Event level", "", markdown_table(rows, level="event")]
+    if summaries:
+        lines += [
+            "## Runs",
+            "",
+            (
+                "Whether each run reached a plateau: its validation segment-level Type@AV over the last four epochs "
+                "it trained, their gain (their best minus the best before them), and its test Type@AV (of the best "
+                "epoch)."
+            ),
+            "",
+            runs_table(summaries),
+        ]
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
     atomic_write_text(md_path, "\n".join(lines))
     atomic_write_text(csv_path, csv_table(rows))

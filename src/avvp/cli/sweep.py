@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from avvp.errors import AvvpError
     from avvp.sweep import (
         collect_rows,
+        collect_run_summaries,
         plan_runs,
         read_sweep_recipe,
         run_sweep,
@@ -174,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     rows = collect_rows(configs, runs)
     if not any(row.seeds for row in rows):
         raise AvvpError(f"{out}: no finished run (test_scores.json) to make a table from")
-    md_path, csv_path = write_tables(out, args.sweep_kind, rows, seeds, recipe=read_sweep_recipe(out, runs))
+    md_path, csv_path = write_tables(
+        out, args.sweep_kind, rows, seeds, recipe=read_sweep_recipe(out, runs), summaries=collect_run_summaries(runs)
+    )
     print(md_path.read_text().split("\n## ")[0].rstrip())
     print(f"\ntables written to {md_path} and {csv_path}")
     for name, reason in failed.items():

@@ -37,6 +37,42 @@ class ResultRow:
         return [scores[track] for scores in getattr(self, level)]
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """One finished run of a sweep: how long it trained and where its validation score ended."""
+
+    name: str
+    epochs: int  # epochs trained
+    stopped_early: bool
+    best_epoch: int
+    val_type: tuple[float, ...]  # validation segment-level Type@AV of every epoch trained
+    test_type: float  # test segment-level Type@AV of the best epoch
+
+    def last(self, count: int) -> tuple[float, ...]:
+        return self.val_type[-count:]
+
+
+def runs_table(summaries: Sequence[RunSummary], *, window: int = 4, decimals: int = DECIMALS) -> str:
+    """Markdown: one line per run with its epochs, best epoch, the val Type@AV of its last `window` epochs, their gain
+    (their best minus the best before them; empty when the run is not longer than the window) and its test
+    Type@AV; shows whether the runs reached a plateau."""
+    header = ["Run", "Epochs", "Stopped early", "Best epoch", f"Val Type@AV, last {window} epochs", "Gain", "Test"]
+    lines = [_md_line(header), _md_line(["---", *["---:"] * (len(header) - 1)])]
+    for run in summaries:
+        last = run.last(window)
+        cells = [
+            run.name,
+            str(run.epochs),
+            "yes" if run.stopped_early else "no",
+            str(run.best_epoch),
+            " ".join(f"{value:.{decimals}f}" for value in last),
+            f"{max(last) - max(run.val_type[:-window]):+.{decimals}f}" if run.epochs > window else "",
+            f"{run.test_type:.{decimals}f}",
+        ]
+        lines.append(_md_line(cells))
+    return "\n".join(lines) + "\n"
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (n - 1); the deviation is None for fewer than two values."""
     if not values:
