@@ -69,7 +69,7 @@ def _token_run(folder: Path, f1_by_epoch: list[float], steps_per_epoch: int = 10
     return folder
 
 
-def test_plot_tokens_combines_seeds_up_to_the_shortest_run(tmp_path: Path):
+def test_plot_tokens_combines_seeds_up_to_the_shortest_run(tmp_path: Path, capsys):
     runs = [_token_run(tmp_path / "a", [10.0, 40.0, 90.0]), _token_run(tmp_path / "b", [20.0, 80.0])]
     out = tmp_path / "tokens.png"
     assert main(["plot", "tokens", *map(str, runs), "--out", str(out)]) == 0
@@ -80,7 +80,9 @@ def test_plot_tokens_combines_seeds_up_to_the_shortest_run(tmp_path: Path):
     assert [(r["audio_recall_min"], r["audio_recall_max"]) for r in rows] == [("10.00", "20.00"), ("40.00", "80.00")]
     assert [r["visual_precision_mean"] for r in rows] == ["7.50", "30.00"]
     _token_run(tmp_path / "c", [10.0], steps_per_epoch=7)
+    capsys.readouterr()
     assert main(["plot", "tokens", str(runs[0]), str(tmp_path / "c"), "--out", str(out)]) == 2
+    assert "differ in their steps per epoch" in capsys.readouterr().err
 
 
 def test_plot_tokens_refuses_the_old_definition(tmp_path: Path, capsys):
@@ -138,6 +140,11 @@ def test_plot_recall_csv_holds_each_runs_per_class_event_recall(mgn_run: Path, t
             for stat in stats:  # one run per label: its mean, min and max are its recall
                 assert row[f"truth {stat}"] == ("100.00" if has_events else ""), row
                 assert row[f"mgn {stat}"] == ("" if np.isnan(recall) else f"{recall:.2f}"), row
+
+    # Two folders of the same name are not combined silently: only given labels combine runs.
+    twin = tmp_path / "twin" / mgn_run.name
+    shutil.copytree(mgn_run, twin)
+    assert main(["plot", "recall", str(mgn_run), str(twin), "--out", str(tmp_path / "twin.png")]) == 2
 
     # Runs under one label (seeds) are combined: their mean, lowest and highest recall per class.
     both = tmp_path / "both.png"

@@ -39,6 +39,14 @@ def test_kept_results_redraw_the_tables_and_figures_without_weights_or_data(tmp_
     with np.load(sweep / "han-seed1" / "test_pred.npz") as a, np.load(kept / "han-seed1" / "test_pred.npz") as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)  # compressed, bit for bit
 
+    # A run no longer finished (trained on with more epochs, say) loses its kept copy on the next keep.
+    stale = kept / "han-seed2" / "test_scores.json"
+    (sweep / "han-seed2" / "test_scores.json").rename(tmp_path / "han2.json")
+    assert main(["results", str(sweep), "--to", str(kept)]) == 0
+    assert not (kept / "han-seed2").exists() and "han-seed2" in capsys.readouterr().out
+    (tmp_path / "han2.json").rename(sweep / "han-seed2" / "test_scores.json")
+    assert main(["results", str(sweep), "--to", str(kept), "--predictions", "han,mgn-1-1-2", "--device", "cpu"]) == 0
+    assert stale.is_file()
     tables = {name: _read(sweep / name) for name in ("table.csv", "table.md")}
     assert (
         "Recipe: all training videos, at most 2 epochs, batch 16, Adam 0.0003, StepLR x0.1 every 10"
@@ -49,8 +57,9 @@ def test_kept_results_redraw_the_tables_and_figures_without_weights_or_data(tmp_
     shutil.rmtree(sweep)
     for name in tables:
         (kept / name).unlink()
+    # No --dim: the sizes are counted on the models the runs trained (width 8), as in the sweep's own table.
     assert main(["sweep", "depth", "--out", str(kept), "--configs", "han,mgn-1-1-2", "--seeds", "1,2",
-                 "--dim", "8", "--table-only"]) == 0  # fmt: skip
+                 "--table-only"]) == 0  # fmt: skip
     assert {name: _read(kept / name) for name in tables} == tables
     runs = [str(kept / name) for name in ("han-seed1", "han-seed2", "mgn-1-1-2-seed1")]
     args = ["plot", "recall", *runs, "--labels", "HAN,HAN,MGN", "--annotations", str(kept / "annotations")]

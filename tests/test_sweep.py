@@ -238,6 +238,8 @@ def test_sweep_end_to_end_then_resume_after_a_kill(tiny_llp: Path, tmp_path: Pat
     # The same folder with another recipe is refused before anything trains.
     assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--lr-step", "5")) == 2
     assert "lr_step=10 (sweep: 5)" in capsys.readouterr().err
+    record = json.loads((out / "sweep.json").read_text())  # untouched by the refused command
+    assert record["train"]["lr_step"] == 10 and [r["name"] for r in record["runs"]] == names
 
     # --table-only rebuilds the table from the finished runs (here only seed 1 of HAN requested).
     assert main(_sweep_args(tiny_llp, out, "--configs", "han", "--seeds", "1", "--table-only")) == 0
@@ -246,7 +248,7 @@ def test_sweep_end_to_end_then_resume_after_a_kill(tiny_llp: Path, tmp_path: Pat
 
 def test_raising_epochs_continues_the_finished_runs(tiny_llp: Path, tmp_path: Path, capsys):
     """--epochs is safe to change on resume: a sweep asked for more epochs trains its finished runs on from their
-    last.pt (a run stopped early stays stopped); any other recipe change is still refused."""
+    last.pt; fewer epochs, or any other recipe change, is refused before anything trains."""
     out = tmp_path / "sweep"
     common = ("--configs", "mgn-1-1-2", "--seeds", "1")
     assert main(_sweep_args(tiny_llp, out, *common)) == 0
@@ -267,6 +269,9 @@ def test_raising_epochs_continues_the_finished_runs(tiny_llp: Path, tmp_path: Pa
     longer[longer.index("--epochs") + 1] = "3"
     assert main([*longer, "--lr", "0.001"]) == 2
     assert "lr=0.0003 (sweep: 0.001)" in capsys.readouterr().err
+    longer[longer.index("--epochs") + 1] = "1"
+    assert main(longer) == 2
+    assert "epochs=2 (sweep: 1)" in capsys.readouterr().err
 
 
 def test_partial_folder_with_foreign_files_is_not_deleted(tiny_llp: Path, tmp_path: Path, capsys):

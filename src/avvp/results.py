@@ -34,20 +34,28 @@ class KeptResults:
     runs: list[str] = field(default_factory=list)  # run folders copied (finished runs)
     predictions: list[str] = field(default_factory=list)  # runs whose test predictions were kept
     skipped: list[str] = field(default_factory=list)  # unfinished runs, left out
-    bytes: int = 0  # size of everything written
+    size_bytes: int = 0  # size of everything written
 
 
 def keep_results(
-    sweep_dir: str | Path, dest: str | Path, *, predictions_for: Sequence[str] = (), device: str = "cpu"
+    sweep_dir: str | Path,
+    dest: str | Path,
+    *,
+    predictions_for: Sequence[str] = (),
+    device: str = "cpu",
+    features: str | Path | None = None,
+    annotations: str | Path | None = None,
 ) -> KeptResults:
     """Copy a sweep's small results into `dest` (see the module docstring); never weights or features.
 
     Args:
         sweep_dir: a folder of `avvp sweep` (with sweep.json).
-        dest: where to write; files already there are replaced, others are left alone.
+        dest: where to write; files already there are replaced. The kept files of a run that is no longer finished
+            (trained on with more epochs, say) are removed, so that a table of `dest` never mixes in old results.
         predictions_for: configuration names (e.g. 'han', 'mgn-3-3-6') whose runs' test predictions are kept,
             computed from their best checkpoints where not cached yet.
         device: device for computing those predictions.
+        features, annotations: the sweep's data where it has moved since training (default: as in sweep.json).
     """
     from avvp.sweep import TEST_PREDICTIONS, run_test_predictions
 
@@ -64,18 +72,19 @@ def keep_results(
         source = sweep_dir / run["name"]
         if not (source / "test_scores.json").is_file():
             kept.skipped.append(run["name"])
+            _remove_kept_run(dest / run["name"])
             continue
         for name in RUN_FILES:
             _copy(source / name, dest / run["name"] / name, kept)
         kept.runs.append(run["name"])
         if run["config"] in predictions_for:
-            run_test_predictions(source, device=device)  # cached in the run folder
+            run_test_predictions(source, device=device, features=features, annotations=annotations)  # cached there
             _compress_predictions(source / TEST_PREDICTIONS, dest / run["name"] / TEST_PREDICTIONS, kept)
             kept.predictions.append(run["name"])
     for name in SWEEP_FILES:
         if (sweep_dir / name).is_file():
             _copy(sweep_dir / name, dest / name, kept)
-    _copy_annotations(Path(record["annotations"]), dest / ANNOTATIONS, kept)
+    _copy_annotations(Path(annotations or record["annotations"]), dest / ANNOTATIONS, kept)
     return kept
 
 
@@ -92,6 +101,16 @@ def _read_sweep_record(sweep_dir: Path) -> dict:
     return record
 
 
+def _remove_kept_run(folder: Path) -> None:
+    """Remove the files an earlier `keep_results` wrote for a run (and the folder, once empty)."""
+    from avvp.sweep import TEST_PREDICTIONS
+
+    for name in (*RUN_FILES, TEST_PREDICTIONS):
+        (folder / name).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _copy(source: Path, target: Path, kept: KeptResults) -> None:
     """Copy one file whole (temporary file, then rename); a file missing from a finished run is an error."""
     if not source.is_file():
@@ -99,7 +118,7 @@ def _copy(source: Path, target: Path, kept: KeptResults) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-    kept.bytes += target.stat().st_size
+    kept.size_bytes += target.stat().st_size
 
 
 def _compress_predictions(source: Path, target: Path, kept: KeptResults) -> None:
@@ -109,7 +128,7 @@ def _compress_predictions(source: Path, target: Path, kept: KeptResults) -> None
         arrays = {key: npz[key] for key in npz.files}
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-    kept.bytes += target.stat().st_size
+    kept.size_bytes += target.stat().st_size
 
 
 def _copy_annotations(folder: Path, target: Path, kept: KeptResults) -> None:
@@ -117,6 +136,6 @@ def _copy_annotations(folder: Path, target: Path, kept: KeptResults) -> None:
     names = [SPLIT_FILES["val"], SPLIT_FILES["test"], *DENSE_FILES.values()]
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
-        raise AvvpError(f"{folder}: the sweep's annotations lack {', '.join(missing)}")
+        raise AvvpError(f"{folder}: the sweep's annotations lack {', '.join(missing)} (moved? pass --annotations)")
     for name in [*names, *(n for n in EXTRA_ANNOTATION_FILES if (folder / n).is_file())]:
         _copy(folder / name, target / name, kept)

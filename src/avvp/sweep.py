@@ -162,8 +162,8 @@ def plan_runs(
 
 def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[str]:
     """Refuse a run folder made by another recipe, model or data: reusing it would mix results silently. Returns
-    the settings that differ but are safe to change on resume (`SAFE_ON_RESUME`, e.g. a larger --epochs): such a
-    run continues from its last.pt under the sweep's settings.
+    the settings that differ but are safe to change on resume (`SAFE_ON_RESUME`, e.g. a larger --epochs, never a
+    smaller one): such a run continues from its last.pt under the sweep's settings.
 
     Models are compared by their resolved configs, so `mgn-3-3-6` of the depth sweep (assignments left at their
     defaults) is the same run as the Softmax / Softmax row of the assign sweep (assignments given).
@@ -178,7 +178,8 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[
         for key, value in run.train.to_dict().items()
         if key != "model_overrides" and key in stored_train and stored_train[key] != value
     ]
-    safe = [key for key in changed if key in SAFE_ON_RESUME and (run.run_dir / "last.pt").is_file()]
+    fewer_epochs = "epochs" in changed and run.train.epochs < stored_train["epochs"]  # train would refuse it late
+    safe = [key for key in changed if key in SAFE_ON_RESUME and not (key == "epochs" and fewer_epochs)]
     differences = [
         f"{key}={stored_train.get(key)!r} (sweep: {getattr(run.train, key)!r})" for key in changed if key not in safe
     ]
@@ -205,7 +206,7 @@ def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
     if not folder.exists() or not any(folder.iterdir()):
         return "new"
     if _check_same_run(run, features, annotations):  # e.g. --epochs raised: a finished run trains on
-        return "resume"
+        return "resume" if (folder / "last.pt").exists() else "restart"
     if (folder / "test_scores.json").exists():
         return "done"
     if (folder / "last.pt").exists():
@@ -419,10 +420,11 @@ def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> 
     rows = []
     for config in configs:
         seeds, segment, event = [], [], []
-        size = model_size(config.model, **next(r.train.model_overrides for r in runs if r.config == config))
-        for run in runs:
+        mine = [run for run in runs if run.config == config]
+        size = model_size(config.model, **_model_config(mine))
+        for run in mine:
             path = run.run_dir / "test_scores.json"
-            if run.config != config or not path.exists():
+            if not path.exists():
                 continue
             try:
                 scores = json.loads(path.read_text())
@@ -433,6 +435,19 @@ def collect_rows(configs: Sequence[SweepConfig], runs: Sequence[PlannedRun]) -> 
             seeds.append(run.seed)
         rows.append(ResultRow(config.method, config.settings, size, tuple(seeds), tuple(segment), tuple(event)))
     return rows
+
+
+def _model_config(runs: Sequence[PlannedRun]) -> dict[str, Any]:
+    """The model configuration of a row: that of its finished runs (their config.json, so that `--table-only`
+    counts the sizes of the models trained, whatever its own --dim), else the one planned."""
+    stored = []
+    for run in runs:
+        record = read_run_record(run.run_dir) if (run.run_dir / "test_scores.json").exists() else None
+        if record is not None and isinstance(record.get("model", {}).get("config"), dict):
+            stored.append(record["model"]["config"])
+    if any(config != stored[0] for config in stored):
+        raise AvvpError(f"the runs of {runs[0].config.name} were trained with different model settings")
+    return stored[0] if stored else dict(runs[0].train.model_overrides)
 
 
 def collect_run_summaries(runs: Sequence[PlannedRun]) -> list[RunSummary]:
@@ -512,25 +527,33 @@ def write_tables(
 def describe_recipe(train: dict[str, Any]) -> str:
     """The training recipe of a sweep in words, from its sweep.json `train` record."""
     videos = train.get("max_train_videos")
+    epochs = train["epochs"]
     parts = [
         f"{'all' if videos is None else f'the first {videos:,}'} training videos",
-        f"at most {train['epochs']} epochs, batch {train['batch_size']}, Adam {train['lr']:g}",
+        f"at most {epochs} epoch{'' if epochs == 1 else 's'}, batch {train['batch_size']}, Adam {train['lr']:g}",
         f"StepLR x{train['lr_gamma']:g} every {train['lr_step']} epochs",
     ]
     if train.get("patience"):
-        parts.append(f"early stopping after {train['patience']} epochs without a better val Type@AV "
-                     f"(from epoch {train.get('min_epochs', 0)})")  # fmt: skip
+        parts.append(f"early stopping after {train['patience']} epochs without a better val Type@AV, counted from "
+                     f"the later of the best epoch and epoch {train.get('min_epochs', 0)}")  # fmt: skip
     parts.append(f"precision {train.get('precision', 'auto')}; the best val epoch is tested")
     return ", ".join(parts)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None where it is missing or not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def read_sweep_recipe(out_dir: str | Path, runs: Sequence[PlannedRun] = ()) -> dict[str, Any] | None:
     """The `train` record of OUT/sweep.json, or None where there is none (or it cannot be read); a precision of
     'auto' is completed with what the finished `runs` resolved it to (their config.json), e.g. 'auto (fp32)'."""
-    path = Path(out_dir) / "sweep.json"
     try:
-        recipe = dict(json.loads(path.read_text())["train"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        recipe = dict((_read_json(Path(out_dir) / "sweep.json") or {})["train"])
+    except (KeyError, TypeError, ValueError):
         return None
     used = {(read_run_record(run.run_dir) or {}).get("precision") for run in runs if run.run_dir.is_dir()} - {None}
     if recipe.get("precision") == "auto" and used:
@@ -543,12 +566,17 @@ def _row_label(row: ResultRow) -> str:
 
 
 def write_sweep_record(out_dir: Path, kind: str, runs: Sequence[PlannedRun], features: Path, annotations: Path) -> None:
-    """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later."""
+    """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later. Its run list
+    keeps the runs of earlier commands on the same folder (other --configs or --seeds) and adds these."""
+    planned = [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs]
+    earlier = (_read_json(out_dir / "sweep.json") or {}).get("runs", [])
+    names = {entry["name"] for entry in planned}
+    kept = [e for e in earlier if isinstance(e, dict) and e.get("name") not in names and "config" in e]
     record = {
         "kind": kind,
         "features": str(features),
         "annotations": str(annotations),
-        "runs": [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs],
+        "runs": kept + planned,
         "train": runs[0].train.to_dict() | {"model": None, "seed": None, "model_overrides": None},
     }
     atomic_write_text(out_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
@@ -605,7 +633,8 @@ def run_test_predictions(
     if not checkpoint.is_file():  # kept results (`avvp results`): the cached predictions alone
         if not cache.is_file():
             raise AvvpError(
-                f"{run_dir}: no best.safetensors (nor {TEST_PREDICTIONS}); the run has not finished an epoch"
+                f"{run_dir}: neither best.safetensors nor {TEST_PREDICTIONS} (a run that has not finished an epoch, "
+                "or results kept without predictions: `avvp results --predictions CONFIG`)"
             )
         return split, score_predictions(cache, split)
     if not cache.exists() or cache.stat().st_mtime < checkpoint.stat().st_mtime:

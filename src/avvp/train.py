@@ -579,7 +579,7 @@ def _validate(
     if run.resumed_changes:  # the first epoch after a resume that changed safe settings says so
         record["resumed"] = {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}
         run.resumed_changes = {}
-    if hasattr(run.model, "audio_class_tokens"):  # MGN: its grouped class tokens against the val truth (Figure 2)
+    if run.config.model == "mgn":  # its grouped class tokens against the val truth (Figure 2)
         record["tokens"] = _token_record(predictions, run.val_data)
     _append_jsonl(run.metrics_path, record)
     type_score = scores.segment["type"]

@@ -88,6 +88,8 @@ def run_recall(args: argparse.Namespace) -> int:
     )
     if len(labels) != len(args.run_dirs):
         raise AvvpError(f"--labels: {len(labels)} label(s) for {len(args.run_dirs)} run folder(s)")
+    if not args.labels and len(set(labels)) != len(labels):  # only given labels combine runs
+        raise AvvpError("two run folders share a name: pass --labels (runs given the same label are combined)")
     device = str(resolve_device(args.device))
     recalls: dict[str, dict[str, list]] = {}
     events: dict[str, np.ndarray] = {}

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated configurations whose runs keep their test predictions, for `avvp plot recall` "
         "(e.g. han,mgn-3-3-6; computed from best.safetensors where not cached; about 1 MB a run). Default: none",
     )
+    parser.add_argument("--features", metavar="PATH", help="the sweep's features, where they moved since training")
+    parser.add_argument("--annotations", metavar="DIR", help="the sweep's annotations, where they moved since training")
     add_device_arg(parser)
     parser.set_defaults(func=run)
 
@@ -36,10 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from avvp.results import keep_results
 
     configs = [name.strip() for name in args.predictions.split(",") if name.strip()]
-    kept = keep_results(args.sweep_dir, args.to, predictions_for=configs, device=str(resolve_device(args.device)))
+    kept = keep_results(
+        args.sweep_dir,
+        args.to,
+        predictions_for=configs,
+        device=str(resolve_device(args.device)),
+        features=args.features,
+        annotations=args.annotations,
+    )
     print(
         f"kept {len(kept.runs)} finished run(s) ({len(kept.predictions)} with test predictions) in {args.to}: "
-        f"{kept.bytes / 1e6:.1f} MB"
+        f"{kept.size_bytes / 1e6:.1f} MB"
     )
     if kept.skipped:
         print(f"left out, not finished: {', '.join(kept.skipped)}")

@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         collect_run_summaries,
         plan_runs,
         read_sweep_recipe,
+        run_status,
         run_sweep,
         sweep_configs,
         worker_devices,
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
-    if not args.table_only:  # a table needs only the finished runs' test_scores.json, not the data
+    features = annotations = None  # a table needs only the finished runs' records, not the data
+    if not args.table_only:
         if not args.features:
             raise AvvpError("--features: required to train (only --table-only works without the data)")
         features = Path(args.features).resolve()
@@ -163,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     if not args.table_only:
         slots = worker_devices(_devices(args), args.workers)
+        for run in runs:  # a folder of another recipe stops the sweep before sweep.json is touched
+            run_status(run, features, annotations)
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_record(out, args.sweep_kind, runs, features, annotations)
         with interrupt_on_sigterm():  # a `kill` stops the workers and releases the locks as Ctrl-C does

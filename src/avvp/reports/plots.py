@@ -26,6 +26,8 @@ from avvp.utils import atomic_path
 RECALL_TRACKS = ("audio", "visual", "audio_visual")
 TRACK_NAMES = {"audio": "Audio", "visual": "Visual", "audio_visual": "Audio-visual"}
 TOKEN_STATS = ("precision", "recall", "f1")
+TOKEN_MODALITIES = ("audio", "visual")
+AGGREGATES = {"mean": np.mean, "min": np.min, "max": np.max}  # over the runs, in the CSV of `plot_token_curves`
 # Outcome of one segment in `plot_video_parse`: (colour, label).
 OUTCOMES = {
     "hit": ("#2ca02c", "hit: predicted and true"),
@@ -133,7 +135,7 @@ def plot_class_recall(
     return save_figure(figure, path), _write_recall_csv(path, runs, events)
 
 
-def _recall_panel(panel, track: str, runs: Mapping[str, np.ndarray], colours: Sequence[Any]) -> None:
+def _recall_panel(panel: Any, track: str, runs: Mapping[str, np.ndarray], colours: Sequence[Any]) -> None:
     """One track's bars: per label the mean over its runs [runs, 25], with the runs' range where there are several."""
     positions = np.arange(len(CLASSES))  # [25]
     width = 0.8 / len(runs)
@@ -229,18 +231,19 @@ def plot_token_curves(
             'visual' score dicts in percent); the runs must share their steps per epoch.
         path: the PNG to write; FILE.csv gets one row per epoch (mean, min and max of each score).
     """
-    epochs, steps, values = _stack_histories(histories)  # values [runs, epochs, 2, 3]
+    epochs, steps, values = _stack_histories(histories)  # values [runs, epochs, modality, stat]
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     styles = {"precision": ("#1f77b4", "o"), "recall": ("#2ca02c", "s"), "f1": ("#d62728", "^")}
-    for m, (panel, modality) in enumerate(zip(axes, ("audio", "visual"))):
-        for k, stat in enumerate(TOKEN_STATS):
-            colour, marker = styles[stat]
-            series = values[:, :, m, k]
-            panel.plot(steps, series.mean(axis=0), color=colour, marker=marker, markersize=4, label=_stat_name(stat))
+    for modality, (panel, name) in enumerate(zip(axes, TOKEN_MODALITIES)):
+        for stat, stat_name in enumerate(TOKEN_STATS):
+            colour, marker = styles[stat_name]
+            series = values[:, :, modality, stat]  # [runs, epochs]
+            label = _stat_name(stat_name)
+            panel.plot(steps, series.mean(axis=0), color=colour, marker=marker, markersize=4, label=label)
             if len(histories) > 1:
                 panel.fill_between(steps, series.min(axis=0), series.max(axis=0), color=colour, alpha=0.15)
-        panel.set_title(f"{modality} class tokens", loc="left", fontsize=11)
+        panel.set_title(f"{name} class tokens", loc="left", fontsize=11)
         panel.set_xlabel(f"training steps ({steps[0]} per epoch)")
         panel.set_ylim(-2, 102)
         panel.grid(color="#dddddd", linewidth=0.6)
@@ -250,20 +253,19 @@ def plot_token_curves(
     if title:
         figure.suptitle(title, x=0.01, ha="left", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
-    header = ["epoch", "steps", *(f"{m}_{s}_{a}" for m in ("audio", "visual") for s in TOKEN_STATS for a in AGGREGATES)]
-    rows = [
-        [
-            epoch,
-            step,
-            *(f"{agg(values[:, e, m, k]):.2f}" for m in range(2) for k in range(3) for agg in AGGREGATES.values()),
-        ]
-        for e, (epoch, step) in enumerate(zip(epochs, steps))
-    ]
-    csv_file = write_csv(csv_path_for(path), header, rows)
-    return save_figure(figure, path), csv_file
+    return save_figure(figure, path), _write_token_csv(path, epochs, steps, values)
 
 
-AGGREGATES = {"mean": np.mean, "min": np.min, "max": np.max}
+def _write_token_csv(path: str | Path, epochs: list[int], steps: list[int], values: np.ndarray) -> Path:
+    """One row per epoch: epoch, steps, then the mean, min and max over the runs of each modality's scores."""
+    columns = [(m, s) for m in range(len(TOKEN_MODALITIES)) for s in range(len(TOKEN_STATS))]
+    header = ["epoch", "steps"]
+    header += [f"{TOKEN_MODALITIES[m]}_{TOKEN_STATS[s]}_{name}" for m, s in columns for name in AGGREGATES]
+    rows = []
+    for index, (epoch, step) in enumerate(zip(epochs, steps)):
+        cells = [f"{aggregate(values[:, index, m, s]):.2f}" for m, s in columns for aggregate in AGGREGATES.values()]
+        rows.append([epoch, step, *cells])
+    return write_csv(csv_path_for(path), header, rows)
 
 
 def _stat_name(stat: str) -> str:
@@ -281,7 +283,10 @@ def _stack_histories(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[
         if [entry["steps"] for entry in history[:length]] != steps:
             raise AvvpError("the runs differ in their steps per epoch (another batch size or training set)")
     values = np.array(
-        [[[[entry[m][s] for s in TOKEN_STATS] for m in ("audio", "visual")] for entry in h[:length]] for h in histories]
+        [
+            [[[entry[modality][stat] for stat in TOKEN_STATS] for modality in TOKEN_MODALITIES] for entry in run]
+            for run in (history[:length] for history in histories)
+        ]
     )
     return epochs, steps, values
 

@@ -1,0 +1,53 @@
+"""The committed results (docs/results) redraw the committed tables and figures exactly, without weights or data:
+`avvp sweep KIND --table-only` and the `avvp plot` commands of docs/results/figures/commands.json, run on a copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from avvp.cli import main
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+SWEEPS = ("depth", "assign")
+
+
+@pytest.fixture(scope="module")
+def results_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("results") / "results"
+    shutil.copytree(RESULTS, copy)
+    return copy
+
+
+@pytest.mark.parametrize("kind", SWEEPS)
+def test_tables_regenerate_from_the_kept_runs(results_copy: Path, kind: str) -> None:
+    folder = results_copy / kind
+    assert not [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt")], "weights in docs/results"
+    committed = {name: (folder / name).read_text() for name in ("table.md", "table.csv")}
+    for name in committed:
+        (folder / name).unlink()
+    assert main(["sweep", kind, "--out", str(folder), "--table-only"]) == 0
+    assert {name: (folder / name).read_text() for name in committed} == committed
+
+
+@pytest.mark.parametrize("figure", ["recall", "tokens"])
+def test_figures_regenerate_from_the_kept_runs(results_copy: Path, figure: str, monkeypatch) -> None:
+    args = json.loads((results_copy / "figures" / "commands.json").read_text())[figure]
+    out = Path(args[args.index("--out") + 1])
+    committed = (results_copy / out.with_suffix(".csv")).read_text()
+    (results_copy / out.with_suffix(".csv")).unlink()
+    (results_copy / out).unlink()
+    monkeypatch.chdir(results_copy)  # the commands name the kept folders relative to docs/results
+    assert main(args) == 0
+    assert (results_copy / out.with_suffix(".csv")).read_text() == committed
+    assert (results_copy / out).stat().st_size > 0
+
+
+def test_the_results_stay_small() -> None:
+    total = sum(path.stat().st_size for path in RESULTS.rglob("*") if path.is_file())
+    assert total < 20e6, f"docs/results holds {total / 1e6:.1f} MB; keep it under 20 MB"
+    assert os.path.isdir(RESULTS / "depth" / "annotations")
