@@ -244,6 +244,25 @@ def test_plot_class_recall_csv_keeps_nan_as_empty(tmp_path: Path):
     assert rows[len(CLASSES) + 3]["MGN mean"] == "50.00" and rows[len(CLASSES) + 3]["HAN max"] == "12.00"
 
 
+def test_plot_class_recall_marks_a_recall_of_zero(tmp_path: Path, monkeypatch):
+    """A class with events but none found gets a dash at 0 in its label's colour (a zero bar is invisible)."""
+    from avvp.reports import plots
+
+    drawn = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.append(figure) or save(figure, path))
+    recalls = {"HAN": {t: np.full(len(CLASSES), 50.0) for t in ("audio", "visual", "audio_visual")}}
+    recalls["HAN"]["visual"][7] = 0.0
+    plot_class_recall(recalls, tmp_path / "r.png")
+    dashes = [
+        (panel_index, list(line.get_xdata()))
+        for panel_index, panel in enumerate(drawn[0].axes)
+        for line in panel.get_lines()
+        if line.get_marker() == "_" and len(line.get_xdata())
+    ]
+    assert dashes == [(1, [7.0])]  # the visual panel, class 7 only
+
+
 def test_plot_rejects_a_non_png_name(mgn_run: Path, tmp_path: Path, capsys):
     assert main(["plot", "tokens", str(mgn_run), "--out", str(tmp_path / "tokens.jpg")]) == 2
     assert ".png" in capsys.readouterr().err

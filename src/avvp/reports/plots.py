@@ -126,7 +126,7 @@ def plot_class_recall(
     )
     counts = "; grey numbers: test events per class" if events is not None else ""
     figure.suptitle(
-        f"{title}; x: no ground-truth event of that class{seeds}{counts}",
+        f"{title}; x: no ground-truth event of that class, dash at 0: none found{seeds}{counts}",
         x=0.01,
         ha="left",
         fontsize=11,
@@ -148,6 +148,9 @@ def _recall_panel(panel: Any, track: str, runs: Mapping[str, np.ndarray], colour
             panel.vlines(positions + offset, low, high, color="black", linewidth=0.8)
         missing = np.isnan(mean)  # no ground-truth event of this class and track: mark it, not a zero bar
         panel.plot(positions[missing] + offset, np.full(missing.sum(), 3.0), "x", color="#888888", markersize=4)
+        found_none = mean == 0  # events, none found: a flat dash in the label's colour, not an invisible bar
+        dash = {"color": colours[index % 10], "markersize": max(4.0, 60 * width), "markeredgewidth": 2.5}
+        panel.plot(positions[found_none] + offset, np.full(found_none.sum(), 0.8), "_", **dash)
     panel.set_ylim(0, 100)
     panel.set_ylabel("recall (%)")
     panel.set_title(f"{TRACK_NAMES[track]} events", loc="left", fontsize=11, pad=12)
