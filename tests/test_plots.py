@@ -169,14 +169,20 @@ def _count_events(track: np.ndarray) -> int:
     return int((np.diff(padded, axis=1) == 1).sum())
 
 
-def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys):
+def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys, monkeypatch):
+    from avvp.reports import plots
+
+    drawn = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.append(figure) or save(figure, path))
     assert main(["plot", "recall", str(mgn_run), "--out", str(tmp_path / "r.png"), "--device", "cpu"]) == 0
     split = load_split(tiny_llp, "test")
     filename = split.filenames[2]
     out = tmp_path / "parse.png"
     pred = mgn_run / "test_pred.npz"
     args = ["plot", "parse", str(pred), "--video", filename[:11], "--annotations", str(tiny_llp), "--out", str(out)]
-    assert main(args) == 0
+    assert main([*args, "--title", "LLP-Synth: one video"]) == 0
+    assert drawn[-1].axes[0].get_title(loc="left").startswith("LLP-Synth: one video\naudio: ")
     assert_png(out)
     rows = read_csv(tmp_path / "parse.csv")
     true_classes = {CLASSES[c] for c in np.flatnonzero(split.audio[2].any(0) | split.visual[2].any(0))}

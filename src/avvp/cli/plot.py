@@ -59,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_annotations_arg(parse)
     parse.add_argument("--out", required=True, metavar="FILE.png", help="PNG to write (the CSV goes beside it)")
     parse.add_argument("--threshold", type=float, default=0.5, help="parse threshold (default: 0.5, official)")
+    parse.add_argument("--title", help="first line of the title (default: '<video>: prediction vs ground truth')")
     parse.set_defaults(func=run_parse)
 
     for sub in (recall, tokens, parse):
@@ -166,6 +167,7 @@ def run_parse(args: argparse.Namespace) -> int:
         gt_visual=split.visual[index],
         video_probs=arrays["video"][row] if "video" in arrays else None,
         threshold=args.threshold,
+        title=args.title,
     )
     print(f"wrote {png} and {csv_file}")
     return 0

@@ -308,6 +308,7 @@ def plot_video_parse(
     gt_visual: np.ndarray,
     video_probs: np.ndarray | None = None,
     threshold: float = 0.5,
+    title: str | None = None,
 ) -> tuple[Path, Path]:
     """One video: for each class predicted or true, its audio and visual rows over the 10 segments.
 
@@ -319,6 +320,7 @@ def plot_video_parse(
         audio_probs, visual_probs: [10, 25] segment probabilities.
         gt_audio, gt_visual: [10, 25] bool ground truth.
         video_probs: [25] video-level (audio-visual) probabilities, or None when the predictions have none.
+        title: the first line of the title (default: '<filename>: prediction vs ground truth').
     """
     from matplotlib.patches import Patch, Rectangle
 
@@ -370,7 +372,8 @@ def plot_video_parse(
         f"{track}: {c['hit']} hit, {c['false_alarm']} false alarm, {c['miss']} missed segments"
         for track, c in counts.items()
     )
-    axes.set_title(f"{filename}: prediction vs ground truth\n{summary}", loc="left", fontsize=10)
+    heading = title or f"{filename}: prediction vs ground truth"
+    axes.set_title(f"{heading}\n{summary}", loc="left", fontsize=10)
     handles = [Patch(facecolor=c, edgecolor="#555555", hatch="//" if k == "miss" else None, label=label)
                for k, (c, label) in OUTCOMES.items()]  # fmt: skip
     figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
