@@ -13,7 +13,9 @@ import pytest
 from avvp.cli import main
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-SWEEPS = ("depth", "assign")
+SWEEPS = sorted(path.parent.name for path in RESULTS.glob("*/sweep.json"))  # the sweeps kept so far
+COMMANDS = RESULTS / "figures" / "commands.json"
+FIGURES = sorted(json.loads(COMMANDS.read_text())) if COMMANDS.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_tables_regenerate_from_the_kept_runs(results_copy: Path, kind: str) -> 
     assert {name: (folder / name).read_text() for name in committed} == committed
 
 
-@pytest.mark.parametrize("figure", ["recall", "tokens"])
+@pytest.mark.parametrize("figure", FIGURES)
 def test_figures_regenerate_from_the_kept_runs(results_copy: Path, figure: str, monkeypatch) -> None:
     args = json.loads((results_copy / "figures" / "commands.json").read_text())[figure]
     out = Path(args[args.index("--out") + 1])
@@ -47,7 +49,10 @@ def test_figures_regenerate_from_the_kept_runs(results_copy: Path, figure: str, 
     assert (results_copy / out).stat().st_size > 0
 
 
-def test_the_results_stay_small() -> None:
+def test_the_results_are_kept_and_stay_small() -> None:
+    assert "depth" in SWEEPS, "docs/results/depth (avvp results of the depth sweep) is missing"
+    assert {"recall", "tokens"} <= set(FIGURES), f"{COMMANDS} must draw Figures 1 and 2"
+    for kind in SWEEPS:
+        assert os.path.isdir(RESULTS / kind / "annotations"), f"docs/results/{kind}/annotations is missing"
     total = sum(path.stat().st_size for path in RESULTS.rglob("*") if path.is_file())
     assert total < 20e6, f"docs/results holds {total / 1e6:.1f} MB; keep it under 20 MB"
-    assert os.path.isdir(RESULTS / "depth" / "annotations")
