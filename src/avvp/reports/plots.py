@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def plot_class_recall(
     )
     counts = "; grey numbers: test events per class" if events is not None else ""
     figure.suptitle(
-        f"{title}; x: no ground-truth event of that class, dash at 0: none found{seeds}{counts}",
+        textwrap.fill(f"{title}; x: no ground-truth event of that class, dash at 0: none found{seeds}{counts}", 170),
         x=0.01,
         ha="left",
         fontsize=11,
