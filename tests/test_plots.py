@@ -22,6 +22,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The matplotlib figures the plots save, in order (to inspect what a PNG shows)."""
+    from avvp.reports import plots
+
+    figures = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure) or save(figure, path))
+    return figures
+
+
 def assert_png(path: Path) -> None:
     import matplotlib.image
 
@@ -169,12 +180,7 @@ def _count_events(track: np.ndarray) -> int:
     return int((np.diff(padded, axis=1) == 1).sum())
 
 
-def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys, monkeypatch):
-    from avvp.reports import plots
-
-    drawn = []
-    save = plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.append(figure) or save(figure, path))
+def test_plot_parse_of_one_video(mgn_run: Path, tiny_llp: Path, tmp_path: Path, capsys, drawn: list):
     assert main(["plot", "recall", str(mgn_run), "--out", str(tmp_path / "r.png"), "--device", "cpu"]) == 0
     split = load_split(tiny_llp, "test")
     filename = split.filenames[2]
@@ -250,13 +256,8 @@ def test_plot_class_recall_csv_keeps_nan_as_empty(tmp_path: Path):
     assert rows[len(CLASSES) + 3]["MGN mean"] == "50.00" and rows[len(CLASSES) + 3]["HAN max"] == "12.00"
 
 
-def test_plot_class_recall_marks_a_recall_of_zero(tmp_path: Path, monkeypatch):
+def test_plot_class_recall_marks_a_recall_of_zero(tmp_path: Path, drawn: list):
     """A class with events but none found gets a dash at 0 in its label's colour (a zero bar is invisible)."""
-    from avvp.reports import plots
-
-    drawn = []
-    save = plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.append(figure) or save(figure, path))
     recalls = {"HAN": {t: np.full(len(CLASSES), 50.0) for t in ("audio", "visual", "audio_visual")}}
     recalls["HAN"]["visual"][7] = 0.0
     plot_class_recall(recalls, tmp_path / "r.png")

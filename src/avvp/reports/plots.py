@@ -143,14 +143,15 @@ def _recall_panel(panel: Any, track: str, runs: Mapping[str, np.ndarray], colour
     for index, (label, values) in enumerate(runs.items()):
         offset = (index - (len(runs) - 1) / 2) * width
         mean = _nanmean(values)
-        panel.bar(positions + offset, np.nan_to_num(mean), width, label=label, color=colours[index % 10])
+        colour = colours[index % 10]
+        panel.bar(positions + offset, np.nan_to_num(mean), width, label=label, color=colour)
         if values.shape[0] > 1:
             low, high = _nanrange(values)
             panel.vlines(positions + offset, low, high, color="black", linewidth=0.8)
         missing = np.isnan(mean)  # no ground-truth event of this class and track: mark it, not a zero bar
         panel.plot(positions[missing] + offset, np.full(missing.sum(), 3.0), "x", color="#888888", markersize=4)
         found_none = mean == 0  # events, none found: a flat dash in the label's colour, not an invisible bar
-        dash = {"color": colours[index % 10], "markersize": max(4.0, 60 * width), "markeredgewidth": 2.5}
+        dash = {"color": colour, "markersize": max(4.0, 60 * width), "markeredgewidth": 2.5}
         panel.plot(positions[found_none] + offset, np.full(found_none.sum(), 0.8), "_", **dash)
     panel.set_ylim(0, 100)
     panel.set_ylabel("recall (%)")
