@@ -32,6 +32,7 @@ class TrainConfig(ConfigMixin):
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
     patience: int | None = None  # early stopping: stop after this many epochs without a better val Type@AV
     min_epochs: int = 0  # early stopping counts epochs without a better val Type@AV only after this many
+    modality_labels: str | None = None  # a modality-label file (`avvp refine-labels`): p_a and p_v train on its labels
 
     def stops_after(self, epoch: int, best_epoch: int) -> bool:
         """Early stopping: whether training ends after `epoch`, the best validation epoch so far being `best_epoch`

@@ -30,6 +30,7 @@ __all__ = [
 RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json"}
 # TrainConfig fields a resumed run may change: more epochs, and settings that change speed or memory, not results
 # (not --cuda-graphs: its Adam must be capturable, and a restored optimiser keeps the settings it was saved with)
+LABELS_HASH = "modality_labels_sha256"  # config.json: the content of the modality-label file trained on
 SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile")
 
 
@@ -58,9 +59,9 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
                 safe[key] = [stored_train[key], value]
             else:
                 refused.append(f"{key}: {stored_train[key]!r} -> {value!r}")
-    for key in ("model", "features", "annotations", "train_videos", "world_size", "precision"):
-        if stored.get(key) != current[key]:
-            refused.append(f"{key}: {stored.get(key)!r} -> {current[key]!r}")
+    for key in ("model", "features", "annotations", "train_videos", "world_size", "precision", LABELS_HASH):
+        if stored.get(key) != current.get(key):
+            refused.append(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}")
     return refused, safe
 
 

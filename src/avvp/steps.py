@@ -36,14 +36,29 @@ def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs)).mean(dim=1)
 
 
+def loss_targets(labels: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The targets of p_av, p_a and p_v, each [B, 25].
+
+    `labels` are the weak labels y [B, 25] (p_av and p_a against y, p_v against the smoothed 0.9 y + 0.05), or
+    [B, 3, 25] rows (weak, audio, visual) with modality labels (`avvp train --modality-labels`): p_av against the
+    weak labels, p_a against the audio labels, p_v against the smoothed visual labels, except that a weak label
+    removed from the visual labels is a hard 0 there, not the smoothing's 0.05 (as in the authors' code of MA).
+    """
+    if labels.dim() == 2:
+        return labels, labels, config.visual_target_scale * labels + config.visual_target_shift
+    weak, audio, visual = labels.unbind(1)
+    kept = 1 - (weak - visual)  # 0 where a weak label was removed from the visual labels
+    return weak, audio, (config.visual_target_scale * visual + config.visual_target_shift) * kept
+
+
 def compute_losses(output: ParseOutput, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
     """The recipe's loss terms, keyed by what they score: the BCE of the video-level probabilities `p_av`, `p_a`
-    (against y) and `p_v` (against the smoothed 0.9 y + 0.05), each [B]; for MGN also the scalar cross-entropies
+    and `p_v` against their targets (`loss_targets`), each [B]; for MGN also the scalar cross-entropies
     `audio_tokens` and `visual_tokens` of class token i classified as class i."""
-    visual_target = config.visual_target_scale * labels + config.visual_target_shift
+    video_target, audio_target, visual_target = loss_targets(labels, config)
     losses = {
-        "p_av": clamp_bce(output.p_av, labels),
-        "p_a": clamp_bce(output.p_a, labels),
+        "p_av": clamp_bce(output.p_av, video_target),
+        "p_a": clamp_bce(output.p_a, audio_target),
         "p_v": clamp_bce(output.p_v, visual_target),
     }
     if output.audio_token_logits is not None:
@@ -153,7 +168,7 @@ class StackedTrainStep:
     through the stacking into each run's own weights, and each run's own Adam steps them, so the maths is that of
     each run trained alone. What differs is the noise of drop-path, dropout and Gumbel sampling: the runs draw it
     from one shared stream (vmap's `randomness="different"`), not each from its own. `steps` are the runs' own
-    `TrainStep`s (their model, optimiser, loss sums), sharing one set of training tensors.
+    `TrainStep`s (their model, optimiser, loss sums, labels), sharing one set of training features.
     """
 
     def __init__(self, steps: list[TrainStep]) -> None:
@@ -175,8 +190,10 @@ class StackedTrainStep:
         first = self.steps[0]
         inputs = [
             torch.stack([t.index_select(0, index) for index in indices]).to(first.device, non_blocking=True)
-            for t in (*first.tensors, first.labels)
+            for t in first.tensors
         ]
+        labels = [step.labels.index_select(0, index) for step, index in zip(self.steps, indices)]  # each run's own
+        inputs.append(torch.stack(labels).to(first.device, non_blocking=True))
         weights = {name: torch.stack(tensors) for name, tensors in zip(self.names, zip(*self.weights))}
         with warnings.catch_warnings():  # vmap runs the one-hot of Gumbel sampling (scatter_) per run, and says so
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avvp.data.modality_labels import file_sha256
 from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow, RunSummary
-from avvp.run_folder import SAFE_ON_RESUME, PidLock, read_run_record
+from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, PidLock, read_run_record
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -132,6 +133,7 @@ def plan_runs(
     base: TrainConfig,
     *,
     dim: int | None = None,
+    modality_labels: str | None = None,
 ) -> list[PlannedRun]:
     """Every (configuration, seed) as a run under `out_dir`, seed-major so early results cover every row.
 
@@ -141,6 +143,8 @@ def plan_runs(
         out_dir: the sweep folder.
         base: recipe shared by every run (epochs, batch size, ...); model, seed and overrides are set per run.
         dim: model width for every run instead of each model's default (smaller for quick trials).
+        modality_labels: a modality-label file for every run, or a template naming one per run with `{name}` (the
+            row, e.g. han or mgn-3-3-6) and `{seed}`, e.g. labels/{name}-seed{seed}.csv (see `modality_label_file`).
     """
     if not seeds:
         raise AvvpError("--seeds: give at least one seed")
@@ -151,9 +155,31 @@ def plan_runs(
     for seed in seeds:
         for config in configs:
             overrides = dict(config.overrides) | ({"dim": dim} if dim is not None else {})
-            train = dataclasses.replace(base, model=config.model, seed=seed, model_overrides=overrides)
+            labels = modality_label_file(modality_labels, config.name, seed) if modality_labels else None
+            train = dataclasses.replace(
+                base, model=config.model, seed=seed, model_overrides=overrides, modality_labels=labels
+            )
             runs.append(PlannedRun(config, seed, train, out_dir / f"{config.name}-seed{seed}"))
     return runs
+
+
+def modality_label_file(template: str, name: str, seed: int) -> str:
+    """The modality-label file of one run: `template` with `{name}` and `{seed}` filled in, as an absolute path."""
+    try:
+        path = template.format(name=name, seed=seed)
+    except (KeyError, IndexError, ValueError) as err:
+        raise AvvpError(
+            f"--modality-labels {template!r}: only {{name}} and {{seed}} can be filled in ({err})"
+        ) from None
+    return str(Path(path).resolve())
+
+
+def check_modality_label_files(runs: Sequence[PlannedRun]) -> None:
+    """Every run's modality-label file exists (before anything trains)."""
+    missing = sorted({run.train.modality_labels for run in runs if run.train.modality_labels} - {None})
+    missing = [path for path in missing if not Path(path).is_file()]
+    if missing:
+        raise AvvpError(f"--modality-labels: {len(missing)} file(s) not found: {', '.join(missing[:4])}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,6 +213,10 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[
     stored_model = stored.get("model", {}).get("config")
     if stored_model != model_config:
         differences.append(f"model config {stored_model} (sweep: {model_config})")
+    labels = run.train.modality_labels
+    labels_hash = file_sha256(labels) if labels and Path(labels).is_file() else None
+    if stored.get(LABELS_HASH) != labels_hash:
+        differences.append(f"modality labels of SHA-256 {stored.get(LABELS_HASH)} (sweep: {labels_hash})")
     differences += [
         f"{key}={stored.get(key)!r} (sweep: {expected[key]!r})"
         for key in ("features", "annotations")
@@ -402,6 +432,8 @@ def train_command(run: PlannedRun, features: Path, annotations: Path, device: st
         command += ["--patience", str(config.patience), "--min-epochs", str(config.min_epochs)]
     for key, value in config.model_overrides.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
+    if config.modality_labels is not None:
+        command += ["--modality-labels", config.modality_labels]
     if resume:
         command.append("--resume")
     return command
@@ -536,6 +568,8 @@ def describe_recipe(train: dict[str, Any]) -> str:
     if train.get("patience"):
         parts.append(f"early stopping after {train['patience']} epochs without a better val Type@AV, counted from "
                      f"the later of the best epoch and epoch {train.get('min_epochs', 0)}")  # fmt: skip
+    if train.get("modality_labels"):
+        parts.append(f"p_a and p_v trained on the modality labels {train['modality_labels']}")
     parts.append(f"precision {train.get('precision', 'auto')}; the best val epoch is tested")
     return ", ".join(parts)
 
@@ -565,9 +599,17 @@ def _row_label(row: ResultRow) -> str:
     return f"{row.method} " + ", ".join(f"{title} {cell}" for title, cell in row.settings)
 
 
-def write_sweep_record(out_dir: Path, kind: str, runs: Sequence[PlannedRun], features: Path, annotations: Path) -> None:
+def write_sweep_record(
+    out_dir: Path,
+    kind: str,
+    runs: Sequence[PlannedRun],
+    features: Path,
+    annotations: Path,
+    modality_labels: str | None = None,
+) -> None:
     """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later. Its run list
-    keeps the runs of earlier commands on the same folder (other --configs or --seeds) and adds these."""
+    keeps the runs of earlier commands on the same folder (other --configs or --seeds) and adds these;
+    `modality_labels` is the sweep's --modality-labels as given (a template)."""
     planned = [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs]
     earlier = (_read_json(out_dir / "sweep.json") or {}).get("runs", [])
     names = {entry["name"] for entry in planned}
@@ -577,7 +619,8 @@ def write_sweep_record(out_dir: Path, kind: str, runs: Sequence[PlannedRun], fea
         "features": str(features),
         "annotations": str(annotations),
         "runs": kept + planned,
-        "train": runs[0].train.to_dict() | {"model": None, "seed": None, "model_overrides": None},
+        "train": runs[0].train.to_dict()
+        | {"model": None, "seed": None, "model_overrides": None, "modality_labels": modality_labels},
     }
     atomic_write_text(out_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
 

@@ -29,6 +29,8 @@ from torch import nn
 
 from avvp import __version__
 from avvp.checkpoint import load_model, safe_torch_load, save_checkpoint
+from avvp.data.annotations import load_split
+from avvp.data.modality_labels import file_sha256, training_targets
 from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
 from avvp.distributed import DistributedContext, barrier, gather, init_distributed, seed_noise, sum_over_processes
 from avvp.errors import AvvpError
@@ -36,7 +38,7 @@ from avvp.inference import predict, resolve_precision
 from avvp.metrics import Scores, evaluate, format_scores, parse_predictions, token_scores
 from avvp.models import count_parameters, create_model
 from avvp.recipe import TrainConfig
-from avvp.run_folder import PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
+from avvp.run_folder import LABELS_HASH, PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
 from avvp.steps import GraphedTrainStep, StackedTrainStep, TrainStep, make_optimizer
 from avvp.utils import (
     atomic_torch_save,
@@ -91,6 +93,7 @@ class _Run:
     shuffle: torch.Generator  # the epoch permutations, the same on every process
     train_data: SplitData
     val_data: SplitData | None  # main process only
+    targets: np.ndarray  # [N, 25] weak labels of the training videos, or [N, 3, 25] with modality labels
     stepper: TrainStep | GraphedTrainStep
     progress: bool
     skip_bad_rows: bool
@@ -223,25 +226,28 @@ def train_stacked(
 def _check_stackable(configs: Sequence[TrainConfig]) -> None:
     if not configs:
         raise AvvpError("no run to train")
-    first = dataclasses.replace(configs[0], seed=0, epochs=1).to_dict()
+    first = dataclasses.replace(configs[0], seed=0, epochs=1, modality_labels=None).to_dict()
     for config in configs[1:]:
-        other = dataclasses.replace(config, seed=0, epochs=1).to_dict()
+        other = dataclasses.replace(config, seed=0, epochs=1, modality_labels=None).to_dict()
         differences = [key for key, value in first.items() if other[key] != value]
         if differences:
-            raise AvvpError(f"stacked runs must differ only in seed and epochs, not in {', '.join(differences)}")
+            raise AvvpError(
+                f"stacked runs must differ only in seed, epochs and modality labels, not in {', '.join(differences)}"
+            )
     unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
     if unsupported:
         raise AvvpError(f"stacked runs: {', '.join(unsupported)} not supported; train these runs one at a time")
 
 
 def _share_training_tensors(runs: list[_Run]) -> None:
-    """One set of training tensors for all the runs, each with its own `TrainStep`."""
+    """One set of training features for all the runs, each with its own labels and `TrainStep`."""
     if runs[0].ctx.enabled:
         raise AvvpError("stacked runs train in one process, not under torchrun")
-    tensors, labels = _train_tensors(runs[0])
+    tensors, _ = _train_tensors(runs[0])
     for run in runs:
         run.label = f"{run.out_dir.name}: "
         run.index_device = runs[0].index_device
+        labels = torch.as_tensor(run.targets, dtype=torch.float32).to(run.index_device)
         run.stepper = TrainStep(
             run.model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx
         )
@@ -302,6 +308,7 @@ def _set_up(
         shuffle=torch.Generator().manual_seed(config.seed),
         train_data=train_data,
         val_data=val_data,
+        targets=_training_targets(config, annotations, train_data, skip_bad_rows),
         stepper=None,  # type: ignore[arg-type]  # made once the state is restored (`_make_stepper`)
         progress=progress,
         skip_bad_rows=skip_bad_rows,
@@ -336,6 +343,15 @@ def _load_data(
     if ctx.is_main:
         check_split_features(features, annotations, "test", skip_bad_rows=skip_bad_rows)
     return train_data, val_data
+
+
+def _training_targets(config: TrainConfig, annotations: Path, data: SplitData, skip_bad_rows: bool) -> np.ndarray:
+    """The training labels: the weak labels [N, 25], or with `config.modality_labels` the (weak, audio, visual)
+    labels [N, 3, 25] from that file, checked against the whole training split."""
+    if config.modality_labels is None:
+        return np.asarray(data.split.labels, dtype=np.float32)
+    full = load_split(annotations, "train", skip_bad_rows=skip_bad_rows)
+    return training_targets(config.modality_labels, full, data.split)
 
 
 def _device_and_context(device: torch.device) -> tuple[torch.device, DistributedContext]:
@@ -455,8 +471,8 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _run_record(run: _Run) -> dict[str, Any]:
-    """What config.json says about the run."""
-    return {
+    """What config.json says about the run (with modality labels, also their file's SHA-256)."""
+    record = {
         "avvp_version": __version__,
         "train": run.config.to_dict(),
         "model": {"name": run.config.model, "config": run.model.config.to_dict()},
@@ -467,11 +483,14 @@ def _run_record(run: _Run) -> dict[str, Any]:
         "world_size": run.ctx.world_size,
         "train_videos": len(run.train_data.split.filenames),
     }
+    if run.config.modality_labels is not None:
+        record[LABELS_HASH] = file_sha256(run.config.modality_labels)
+    return record
 
 
 def _train_tensors(run: _Run) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """The training features (on the device once when they fit; none when streaming) and labels."""
-    labels = torch.as_tensor(run.train_data.split.labels, dtype=torch.float32)
+    labels = torch.as_tensor(run.targets, dtype=torch.float32)
     tensors: tuple[torch.Tensor, ...] = ()
     if not run.config.stream:
         tensors = feature_tensors(run.train_data, run.device)
@@ -540,7 +559,7 @@ def _streamed(run: _Run, batches: list[torch.Tensor]) -> torch.utils.data.DataLo
     """This process's shard of every batch, read from disk by DataLoader workers."""
     data, ctx = run.train_data, run.ctx
     shards = [b[ctx.rank :: ctx.world_size].numpy() for b in batches]
-    dataset = StreamedBatches(data.features_path, data.split.video_ids, data.split.labels, shards)
+    dataset = StreamedBatches(data.features_path, data.split.video_ids, run.targets, shards)
     return torch.utils.data.DataLoader(  # its own generator: the global one feeds dropout and Gumbel noise
         dataset,
         batch_size=None,

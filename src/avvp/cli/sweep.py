@@ -88,6 +88,13 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
         "dominates (GPUs, small models); see bench/README.md",
     )  # fmt: skip
     parser.add_argument(
+        "--modality-labels", metavar="TEMPLATE",
+        help="train every run on modality labels (`avvp refine-labels`, see `avvp train --modality-labels`): one "
+        "file, or a template with {name} (the row: han, mgn-3-3-6, ...) and {seed}, e.g. "
+        "'labels/{name}-seed{seed}.csv' for labels refined by each row's own base run of that seed, or "
+        "'labels/han-seed{seed}.csv' for HAN's labels in every row",
+    )  # fmt: skip
+    parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
     )
 
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
     from avvp.errors import AvvpError
     from avvp.sweep import (
+        check_modality_label_files,
         collect_rows,
         collect_run_summaries,
         plan_runs,
@@ -161,14 +169,15 @@ def run(args: argparse.Namespace) -> int:
         **early_stopping_from_args(args),
     )
     out = Path(args.out)
-    runs = plan_runs(configs, seeds, out, base, dim=args.dim)
+    runs = plan_runs(configs, seeds, out, base, dim=args.dim, modality_labels=args.modality_labels)
     failed: dict[str, str] = {}
     if not args.table_only:
         slots = worker_devices(_devices(args), args.workers)
+        check_modality_label_files(runs)
         for run in runs:  # a folder of another recipe stops the sweep before sweep.json is touched
             run_status(run, features, annotations)
         out.mkdir(parents=True, exist_ok=True)
-        write_sweep_record(out, args.sweep_kind, runs, features, annotations)
+        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels)
         with interrupt_on_sigterm():  # a `kill` stops the workers and releases the locks as Ctrl-C does
             report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
         failed = report.failed

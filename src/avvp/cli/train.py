@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from avvp.cli.common import (
     add_annotations_arg,
@@ -92,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     add_early_stopping_args(parser)
     parser.add_argument(
+        "--modality-labels",
+        metavar="LABELS.csv",
+        help="train p_a on the audio labels and p_v on the visual labels of this file (`avvp refine-labels`; a "
+        "weak label removed from the visual labels is a hard 0 in p_v's target) and p_av on the weak labels as "
+        "before; the file's SHA-256 is recorded in config.json and --resume refuses another file",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last epoch, with the settings it was trained with: any other "
@@ -122,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loader_workers=args.loader_workers,
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
+        modality_labels=str(Path(args.modality_labels).resolve()) if args.modality_labels else None,
         **early_stopping_from_args(args),
     )
 
