@@ -19,6 +19,7 @@ from avvp.errors import AvvpError
 COMMANDS: list[str] = [
     "synth",
     "train",
+    "refine-labels",
     "predict",
     "evaluate",
     "score",
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"avvp.cli.{name}").register(subparsers)
+        importlib.import_module(f"avvp.cli.{name.replace('-', '_')}").register(subparsers)
     for subparser in subparsers.choices.values():
         # `avvp COMMAND --verbose` works as well as `avvp --verbose COMMAND`.
         subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")

@@ -673,3 +673,23 @@ def load_config(out_dir: str | os.PathLike) -> SynthConfig | None:
         return SynthConfig.from_dict(values)
     except (ValueError, TypeError) as err:
         raise AvvpError(f"{Path(out_dir) / CONFIG_FILE}: not a LLP-Synth config ({err})") from err
+
+
+def training_truth(annotations_dir: str | os.PathLike, filenames: Sequence[str], labels: np.ndarray):
+    """The dense audio and visual truth of training videos of a LLP-Synth folder, regenerated from its seed (the
+    training split's truth is not written to disk); `filenames` and their weak `labels` [N, 25] must be those the
+    folder's AVVP_train.csv lists.
+
+    Returns:
+        (audio, visual), bool [N, 10, 25] each, in the order of `filenames`; None for a folder that is not
+        LLP-Synth of this generator version, or whose training videos are not the ones its seed makes (edited).
+    """
+    config = load_config(annotations_dir)
+    if config is None:
+        return None
+    truth = sample_labels(config.train, config.seed, "train")
+    row_of = {name: row for row, name in enumerate(truth.filenames)}
+    rows = [row_of.get(name) for name in filenames]
+    if None in rows or not np.array_equal(truth.labels[rows], np.asarray(labels, dtype=bool)):
+        return None
+    return truth.audio[rows], truth.visual[rows]
