@@ -308,3 +308,17 @@ def test_cli_writes_and_refuses(tmp_path, capsys):
     assert main(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--workers", "1"]) == 0
+
+
+def test_cli_sets_the_cross_modal_leakage(tmp_path, capsys):
+    """--cross-modal-leakage 0: recorded in synth.json, and an audible-only event leaves no trace in the visual
+    features of a video, which otherwise differ (the same seed, so the same labels and noise)."""
+    argv = ["synth", "--train", "3", "--val", "1", "--test", "1", "--seed", "2"]
+    assert main([*argv, "--out", str(tmp_path / "leak0"), "--cross-modal-leakage", "0"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    assert json.loads((tmp_path / "leak0" / "synth.json").read_text())["cross_modal_leakage"] == 0.0
+    first = sorted((tmp_path / "leak0" / "feats" / "r2plus1d_18").glob("*.npy"))[0].name
+    leak0, default = (np.load(tmp_path / name / "feats" / "r2plus1d_18" / first) for name in ("leak0", "default"))
+    assert not np.array_equal(leak0, default)
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--cross-modal-leakage", "-1"]) == 2
+    assert "cross_modal_leakage = -1.0: must be >= 0" in capsys.readouterr().err

@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed", type=int, metavar="N", default=defaults.seed, help=f"master seed (default {defaults.seed})"
     )
+    parser.add_argument(
+        "--cross-modal-leakage",
+        type=float,
+        metavar="X",
+        default=defaults.cross_modal_leakage,
+        help="an event also shows in the other modality's features at this fraction of its strength (default "
+        f"{defaults.cross_modal_leakage}, calibrated; 0: an audible-only event leaves no visual trace, e.g. to "
+        "measure label refinement)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
     parser.add_argument(
         "--workers",
@@ -52,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise AvvpError(f"--workers {args.workers}: must be at least 1")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
-    config = dataclasses.replace(SynthConfig(), train=args.train, val=args.val, test=args.test, seed=args.seed)
+    config = dataclasses.replace(
+        SynthConfig(),
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        cross_modal_leakage=args.cross_modal_leakage,
+    )
     with interrupt_on_sigterm():  # a `kill` removes the staging folder as Ctrl-C does
         summary = generate(args.out, config, overwrite=args.overwrite, workers=args.workers)
     sizes = ", ".join(f"{count:,} {split}" for split, count in summary["videos"].items())
