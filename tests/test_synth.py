@@ -317,7 +317,7 @@ def test_cli_sets_the_cross_modal_leakage(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "leak0"), "--cross-modal-leakage", "0"]) == 0
     assert main([*argv, "--out", str(tmp_path / "default")]) == 0
     assert json.loads((tmp_path / "leak0" / "synth.json").read_text())["cross_modal_leakage"] == 0.0
-    first = sorted((tmp_path / "leak0" / "feats" / "r2plus1d_18").glob("*.npy"))[0].name
+    first = min((tmp_path / "leak0" / "feats" / "r2plus1d_18").glob("*.npy")).name
     leak0, default = (np.load(tmp_path / name / "feats" / "r2plus1d_18" / first) for name in ("leak0", "default"))
     assert not np.array_equal(leak0, default)
     assert main([*argv, "--out", str(tmp_path / "bad"), "--cross-modal-leakage", "-1"]) == 2
