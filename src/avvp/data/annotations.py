@@ -166,6 +166,19 @@ def _report_bad_rows(path: Path, bad_rows: list[BadRow], skip_bad_rows: bool) ->
         log.debug("%s: line %d: skipped: %s", path, row.line, row.reason)
 
 
+def video_row_problem(cells: list[str], header: tuple[str, ...], first_line: dict[str, int]) -> str | None:
+    """Why a row of a per-video list (filename first; `first_line`: the videos read so far) cannot be read: its
+    number of columns, its filename, or a video listed twice; None for a good row."""
+    if len(cells) != len(header):
+        return f"expected {len(header)} tab-separated columns, found {len(cells)}"
+    filename = cells[0]
+    if not FILENAME_PATTERN.fullmatch(filename):
+        return f"filename {filename!r} is not <11-character id>_<start>_<end>"
+    if filename in first_line:
+        return f"video {filename} is listed twice (also on line {first_line[filename]})"
+    return None
+
+
 def _parse_classes(cell: str) -> tuple[list[int], str | None]:
     """Class indices of a comma-separated label cell, or the first unknown name."""
     indices = []
@@ -189,16 +202,11 @@ def read_weak_labels(path: str | Path, *, skip_bad_rows: bool = False, allow_emp
     first_line: dict[str, int] = {}
     bad_rows: list[BadRow] = []
     for line, cells in _read_rows(path, WEAK_HEADER):
-        if len(cells) != len(WEAK_HEADER):
-            bad_rows.append(BadRow(line, f"expected {len(WEAK_HEADER)} tab-separated columns, found {len(cells)}"))
+        problem = video_row_problem(cells, WEAK_HEADER, first_line)
+        if problem is not None:
+            bad_rows.append(BadRow(line, problem))
             continue
         filename, labels_cell = cells
-        if not FILENAME_PATTERN.fullmatch(filename):
-            bad_rows.append(BadRow(line, f"filename {filename!r} is not <11-character id>_<start>_<end>"))
-            continue
-        if filename in first_line:
-            bad_rows.append(BadRow(line, f"video {filename} is listed twice (also on line {first_line[filename]})"))
-            continue
         classes, unknown = _parse_classes(labels_cell)
         if unknown is not None:
             bad_rows.append(BadRow(line, f"{filename}: unknown class {unknown!r}"))

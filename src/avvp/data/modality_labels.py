@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avvp.data.annotations import FILENAME_PATTERN, BadRow, Split, _parse_classes, _read_rows
+from avvp.data.annotations import BadRow, Split, _parse_classes, _read_rows, video_row_problem
 from avvp.data.classes import CLASSES, NUM_CLASSES
 from avvp.errors import AvvpError
 from avvp.utils import atomic_write_text
@@ -60,16 +60,11 @@ def read_modality_labels(path: str | Path) -> ModalityLabels:
     lines: dict[str, int] = {}
     bad: list[BadRow] = []
     for line, cells in _read_rows(path, HEADER):
-        if len(cells) != len(HEADER):
-            bad.append(BadRow(line, f"expected {len(HEADER)} tab-separated columns, found {len(cells)}"))
+        problem = video_row_problem(cells, HEADER, lines)
+        if problem is not None:
+            bad.append(BadRow(line, problem))
             continue
         filename, audio_cell, visual_cell = cells
-        if not FILENAME_PATTERN.fullmatch(filename):
-            bad.append(BadRow(line, f"filename {filename!r} is not <11-character id>_<start>_<end>"))
-            continue
-        if filename in lines:
-            bad.append(BadRow(line, f"video {filename} is listed twice (also on line {lines[filename]})"))
-            continue
         (audio, unknown_audio), (visual, unknown_visual) = _parse_cell(audio_cell), _parse_cell(visual_cell)
         unknown = unknown_audio if unknown_audio is not None else unknown_visual
         if unknown is not None:
