@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from avvp.cli import main
@@ -18,8 +19,26 @@ from avvp.models import create_model
 ARGS = ["--model", "han", "--dim", "64", "--dropout", "0", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
 
 
-def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path) -> None:
+def _modality_labels(tiny: Path, path: Path) -> Path:
+    """The tiny training split's weak labels with the first label of every third video removed from the visual
+    labels and of every fifth from the audio labels."""
+    from avvp.data.annotations import load_split
+    from avvp.data.modality_labels import write_modality_labels
+
+    split = load_split(tiny, "train")
+    audio, visual = split.labels.copy(), split.labels.copy()
+    for table, step in ((visual, 3), (audio, 5)):
+        for row in range(0, len(table), step):
+            table[row, table[row].argmax()] = 0
+    write_modality_labels(path, split.filenames, audio, visual)
+    return path
+
+
+@pytest.mark.parametrize("modality_labels", [False, True], ids=["weak-labels", "modality-labels"])
+def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, modality_labels: bool) -> None:
     common = ["--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
+    if modality_labels:
+        common += ["--modality-labels", str(_modality_labels(tiny_llp, tmp_path / "labels.csv"))]
     assert main(["train", "--out", str(tmp_path / "single"), *common]) == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
