@@ -25,14 +25,16 @@ def results_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("kind", SWEEPS)
-def test_tables_regenerate_from_the_kept_runs(results_copy: Path, kind: str) -> None:
-    folder = results_copy / kind
+@pytest.mark.parametrize("name", SWEEPS)
+def test_tables_regenerate_from_the_kept_runs(results_copy: Path, name: str) -> None:
+    folder = results_copy / name
     assert not [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt")], "weights in docs/results"
-    committed = {name: (folder / name).read_text() for name in ("table.md", "table.csv")}
-    for name in committed:
-        (folder / name).unlink()
-    assert main(["sweep", kind, "--out", str(folder), "--table-only"]) == 0
+    committed = {table: (folder / table).read_text() for table in ("table.md", "table.csv")}
+    for table in committed:
+        (folder / table).unlink()
+    record = json.loads((folder / "sweep.json").read_text())  # the sweep's kind and rows (a sweep of some rows)
+    configs = ",".join(dict.fromkeys(run["config"] for run in record["runs"]))
+    assert main(["sweep", record["kind"], "--out", str(folder), "--configs", configs, "--table-only"]) == 0
     assert {name: (folder / name).read_text() for name in committed} == committed
 
 
@@ -52,7 +54,7 @@ def test_figures_regenerate_from_the_kept_runs(results_copy: Path, figure: str, 
 def test_the_results_are_kept_and_stay_small() -> None:
     assert "depth" in SWEEPS, "docs/results/depth (avvp results of the depth sweep) is missing"
     assert {"recall", "tokens"} <= set(FIGURES), f"{COMMANDS} must draw Figures 1 and 2"
-    for kind in SWEEPS:
-        assert os.path.isdir(RESULTS / kind / "annotations"), f"docs/results/{kind}/annotations is missing"
+    for name in SWEEPS:
+        assert os.path.isdir(RESULTS / name / "annotations"), f"docs/results/{name}/annotations is missing"
     total = sum(path.stat().st_size for path in RESULTS.rglob("*") if path.is_file())
     assert total < 20e6, f"docs/results holds {total / 1e6:.1f} MB; keep it under 20 MB"
