@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from avvp.data.annotations import Split
-from avvp.data.classes import CLASSES
+from avvp.data.classes import CLASSES, NUM_CLASSES
 from avvp.data.features import Features
 from avvp.data.modality_labels import file_sha256, write_modality_labels
 from avvp.data.splits import SplitData, load_split_data
@@ -113,7 +113,7 @@ def exchange_scores(
         for third in range(3):
             for offset, probs in enumerate((output.p_a, output.p_v)):
                 parts[2 * third + offset].append(probs[third * size : (third + 1) * size].float().cpu().numpy())
-    joined = [np.concatenate(p) if p else np.zeros((0, 25), np.float32) for p in parts]
+    joined = [np.concatenate(p) if p else np.zeros((0, NUM_CLASSES), np.float32) for p in parts]
     return ExchangedScores(*joined)
 
 
@@ -209,7 +209,7 @@ def refine_split(
     audio_err, audio_thresholds = class_thresholds(train_probs[0], train_labels, threshold=threshold, cut=error_cut)
     visual_err, visual_thresholds = class_thresholds(train_probs[1], train_labels, threshold=threshold, cut=error_cut)
     result = refine(data.split.labels, scores, audio_thresholds, visual_thresholds, partners != NO_PARTNER)
-    names = data.split.filenames
+    names, weak_count = data.split.filenames, int((data.split.labels > 0.5).sum())
     evidence_path, summary_path = side_files(out)
     _write_evidence(evidence_path, names, data.split.labels, partners, scores, result)
     summary = {
@@ -226,11 +226,8 @@ def refine_split(
         "classes": list(CLASSES),
         "base_error": {"audio": audio_err.tolist(), "visual": visual_err.tolist()},
         "thresholds": {"audio": audio_thresholds.tolist(), "visual": visual_thresholds.tolist()},
-        "labels": int((data.split.labels > 0.5).sum()),
-        "removed": {
-            "audio": int((data.split.labels > 0.5).sum() - result.audio.sum()),
-            "visual": int((data.split.labels > 0.5).sum() - result.visual.sum()),
-        },
+        "labels": weak_count,
+        "removed": {"audio": weak_count - int(result.audio.sum()), "visual": weak_count - int(result.visual.sum())},
         "no_partner": [names[row] for row in np.flatnonzero(partners == NO_PARTNER)],
         "exchange_seconds": exchange_seconds,
         "seconds": time.perf_counter() - started,

@@ -176,8 +176,8 @@ def modality_label_file(template: str, name: str, seed: int) -> str:
 
 def check_modality_label_files(runs: Sequence[PlannedRun]) -> None:
     """Every run's modality-label file exists (before anything trains)."""
-    missing = sorted({run.train.modality_labels for run in runs if run.train.modality_labels} - {None})
-    missing = [path for path in missing if not Path(path).is_file()]
+    files = sorted({run.train.modality_labels for run in runs if run.train.modality_labels})
+    missing = [path for path in files if not Path(path).is_file()]
     if missing:
         raise AvvpError(f"--modality-labels: {len(missing)} file(s) not found: {', '.join(missing[:4])}")
 
