@@ -5,7 +5,8 @@ Starting a process per job costs seconds (importing torch, first use of the opti
 does not amortise; a worker pays it once. A job that fails is reported with its reason and the others go on; a
 worker that dies (killed, out of memory) fails its job and is replaced. Workers ignore Ctrl-C (the parent stops
 them); a SIGTERM from the parent interrupts a job as Ctrl-C would interrupt `avvp train`, so its clean-up runs; a
-worker whose parent is gone exits.
+worker whose parent is gone (killed with SIGKILL, say) interrupts its job the same way at once and exits, so that
+a rerun of the sweep finds the run folder unlocked instead of a worker still training in it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -131,11 +133,21 @@ def _serve(work: Work, device: str, threads: int, jobs: Any, results: multiproce
     _redirect(os.devnull)
     try:
         with interrupt_on_sigterm():
+            threading.Thread(target=_stop_when_orphaned, daemon=True).start()
             while (item := _next_job(jobs)) is not None:
                 key, job, log_path = item
                 results.send((key, *_run_logged(work, job, device, Path(log_path))))
     except (KeyboardInterrupt, BrokenPipeError):  # stopped by the parent, or the parent is gone
         pass
+
+
+def _stop_when_orphaned() -> None:
+    """Wait (in a thread) for the parent process to end, then SIGTERM this worker: its job stops through its
+    clean-up (locks released, temporaries removed) as if the parent had stopped it."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()  # returns once the parent is gone, however it ended
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _next_job(jobs: Any) -> tuple | None:
