@@ -6,13 +6,15 @@ rules: the data goes to a temporary file beside the target and is renamed into p
 process never leaves a half-written file); a symlink is written through to its target; anything that is not a
 regular file (a folder, FIFO, device, socket) is refused, never replaced; a failure of the file system (no
 permission, a parent that is a file, a full disk) is one `AvvpError` line naming the path; every file gets the
-mode of a plain new file (0644 under the usual umask). Temporaries are named `.NAME.avvp-HOST-PID-XXXXXXXX.tmp`,
+mode of a plain new file (0644 under the usual umask); the data and then the rename are fsync'ed before the write is
+over, so a file reported as written survives a power cut. Temporaries are named `.NAME.avvp-HOST-PID-XXXXXXXX.tmp`,
 so those of killed processes can be told from those of live ones and removed (`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import math
@@ -43,6 +45,14 @@ _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 # `.NAME.avvp-HOST-PID-XXXXXXXX.KIND`: files being written (tmp), synth's folders being filled (staging) or
 # deleted (old). HOST and PID tell whether the writer is gone.
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.avvp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.(?:tmp|staging|old)")
+# The temporaries of avvp versions before the host and pid were in the name (2026-11-26): `.NAME.XXXXXXXX.tmp` and
+# `.NAME.XXXXXXXX.npz` (files), `.ID.XXXXXXXX.npy.tmp` (extracted features), `.NAME.synth-XXXXXXXX` and
+# `.NAME.old-XXXXXXXX` (synth's folders), XXXXXXXX being tempfile's 8 random characters. Nothing tells whether
+# their writer is alive, so they are removed only once untouched for LEGACY_AGE seconds.
+_LEGACY_TEMPORARY = re.compile(
+    r"\.(?P<name>.+?)\.(?:(?P<folder>synth|old)-[a-z0-9_]{8}|[a-z0-9_]{8}(?P<suffix>\.tmp|\.npz|\.npy\.tmp))"
+)
+LEGACY_AGE = 3600.0  # no avvp version took an hour to write a file, and synth touched its folder every video
 _KINDS = {
     stat.S_IFDIR: "a folder",
     stat.S_IFREG: "a file",
@@ -117,7 +127,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, FILE_MODE)  # after the body: mkstemp makes 0600 files, and a writer may have made it anew
         output_path(shown)  # still a regular file or absent
+        sync_file(tmp)  # the data on disk before the name points at them
         os.replace(tmp, target)
+        sync_folder(target.parent)  # the rename itself on disk
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.filename is not None and str(err.filename) != str(tmp):
@@ -128,6 +140,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         _OWN_TEMPORARIES.discard(tmp.name)
+
+
+def sync_file(path: str | Path) -> None:
+    """fsync a written file: its data are on disk when this returns."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str | Path) -> None:
+    """fsync a folder: the names created, renamed or removed in it are on disk when this returns (a no-op where the
+    system cannot open a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):  # file systems that do not sync folders
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
@@ -163,21 +200,19 @@ def temporary_folder(path: Path, kind: str) -> Path:
 def remove_stale_temporaries(folder: str | Path, *, name: str | None = None) -> list[Path]:
     """Remove the temporaries that avvp processes killed while writing left in `folder` (of file `name` only,
     where given); returns them. Only those of this host whose writer is gone: never one a live process is
-    writing, nor one of another machine sharing the folder."""
+    writing, nor one of another machine sharing the folder. Those of versions without the pid in the name are
+    removed once untouched for `LEGACY_AGE` seconds."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return []
     removed = []
     for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name)
-        if not match or match["host"] != _HOST or (name is not None and match["name"] != name):
+        stale = _stale_target(entry)
+        if stale is None or (name is not None and stale[0] != name):
             continue
-        pid = int(match["pid"])
-        if entry.name in _OWN_TEMPORARIES or pid_alive(pid):  # being written (our pid: else an earlier process's)
-            continue
-        target = Path(folder) / match["name"]
-        if entry.name.endswith(".old") and not target.exists() and os.path.isdir(os.path.join(entry.path, "data")):
+        target, retired = Path(folder) / stale[0], stale[1]
+        if retired and not target.exists() and os.path.isdir(os.path.join(entry.path, "data")):
             # a dataset retired by a process killed before its replacement was in place: put it back
             os.replace(os.path.join(entry.path, "data"), target)
             log.warning("%s: restored the previous content, left aside by a killed avvp process", target)
@@ -195,6 +230,34 @@ def remove_stale_temporaries(folder: str | Path, *, name: str | None = None) -> 
     if removed:
         log.info("removed %d unfinished file(s) or folder(s) of killed avvp processes in %s", len(removed), folder)
     return removed
+
+
+def _stale_target(entry: os.DirEntry) -> tuple[str, bool] | None:
+    """Where `entry` is a temporary whose writer is gone: the name of the file or folder it was written for, and
+    whether it is a retired dataset (synth's 'old' folder). Else None."""
+    match = _TEMPORARY.fullmatch(entry.name)
+    if match:
+        if match["host"] != _HOST or entry.name in _OWN_TEMPORARIES or pid_alive(int(match["pid"])):
+            return None  # another machine's, or being written (our pid: else an earlier process's)
+        return match["name"], entry.name.endswith(".old")
+    match = _LEGACY_TEMPORARY.fullmatch(entry.name)
+    if match is None or entry.is_dir(follow_symlinks=False) != bool(match["folder"]):
+        return None
+    if time.time() - _last_change(entry.path) < LEGACY_AGE:
+        return None
+    return match["name"] + (".npy" if match["suffix"] == ".npy.tmp" else ""), match["folder"] == "old"
+
+
+def _last_change(path: str) -> float:
+    """The newest modification time of `path` and, for a folder, of everything under it."""
+    newest = os.lstat(path).st_mtime
+    for folder, folders, files in os.walk(path):
+        for name in folders + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
 
 
 # ----------------------------------------------------------------------------------------- processes, locks

@@ -495,8 +495,11 @@ def _write_csvs(root: Path, splits: dict[str, SynthLabels]) -> None:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Write a feature file, on disk when this returns (the dataset is swapped into place once every file is)."""
     with open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _default_workers() -> int:
@@ -581,6 +584,7 @@ def generate(
             for written in pool.map(write_video, jobs):  # on an error, map cancels the videos not started
                 feature_bytes += written
                 bar.update(1)
+        _sync_tree(staging)
         _swap_into_place(staging, out_dir, overwrite, shown)
     except OSError as err:  # nothing is read here: every OSError is a failed write (full disk, permission)
         shutil.rmtree(staging, ignore_errors=True)
@@ -598,12 +602,23 @@ def generate(
     }
 
 
+def _sync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (the feature files are synced as they are written; this catches
+    the CSVs and the folders' entries): the dataset is on disk before it is swapped into place."""
+    from avvp.utils import sync_file, sync_folder
+
+    for folder, _, files in os.walk(root):
+        for name in files:
+            sync_file(os.path.join(folder, name))
+        sync_folder(folder)
+
+
 def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path) -> None:
     """Move the finished staging folder to `out_dir`, replacing what was there only once all is written.
 
     Under a lock beside `out_dir`, so that two runs never interleave their moves; `out_dir` is checked again
     there, since another run may have filled it while this one was generating."""
-    from avvp.utils import PidLock, temporary_folder
+    from avvp.utils import PidLock, sync_folder, temporary_folder
 
     filled = AvvpError(
         f"{shown} was filled by another process while this one was generating: nothing written (choose another "
@@ -638,6 +653,7 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path)
             if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise filled from None
             raise
+        sync_folder(out_dir.parent)  # the swap on disk before the dataset is reported written
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)  # outside the lock: deleting a large dataset takes a while
 
