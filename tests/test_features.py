@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +106,57 @@ def test_unreadable_file(feature_root):
         load_features(root, VIDEO_IDS)
 
 
+@pytest.mark.parametrize("mmap", [False, True])
+def test_truncated_and_object_files_are_refused(feature_root, mmap):
+    root, _ = feature_root
+    folder = FeatureFolder(root)
+    path = folder.path("audio", VIDEO_IDS[0])
+    path.write_bytes(path.read_bytes()[:-4])
+    read = (lambda vid: folder.check_present([vid])) if mmap else (lambda vid: folder.read("audio", vid))
+    with pytest.raises(AvvpError, match=f"video {VIDEO_IDS[0]}: .*not a readable .npy file \\(.*(truncated|length)"):
+        read(VIDEO_IDS[0])
+    np.save(path, np.full((10, 128), None, object), allow_pickle=True)
+    with pytest.raises(AvvpError, match=f"video {VIDEO_IDS[0]}: .*not a readable .npy file \\(it holds Python"):
+        read(VIDEO_IDS[0])
+
+
 def test_missing_folders(tmp_path):
     with pytest.raises(AvvpError, match="does not exist"):
         FeatureFolder(tmp_path / "absent")
     (tmp_path / "vggish").mkdir()
     with pytest.raises(AvvpError, match="has no res152/, r2plus1d_18/"):
         FeatureFolder(tmp_path)
+
+
+class _SlowGarbage:
+    """A reference cycle whose finalizer lets other threads run: collected in the middle of np.load's
+    header parsing, it hands the interpreter to another reader (how CPython 3.11's ast race shows)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        time.sleep(1e-4)
+
+
+def test_concurrent_reads_survive_python_311s_ast_race(feature_root):
+    # np.load parses each .npy header with ast.literal_eval, whose recursion counter CPython 3.11 shares
+    # between threads (gh-106905): parallel readers failed at random with "SystemError: AST constructor
+    # recursion depth mismatch". The garbage below makes it happen within seconds where it is not guarded.
+    root, written = feature_root
+    folder = FeatureFolder(root, workers=8)
+    threshold = gc.get_threshold()
+    gc.set_threshold(5, 1, 1)
+    original = folder.read_video
+
+    def read_video(vid: str):
+        _SlowGarbage()
+        return original(vid)
+
+    folder.read_video = read_video
+    try:
+        for _ in range(150):
+            folder.check(VIDEO_IDS * 10)
+    finally:
+        gc.set_threshold(*threshold)
+    np.testing.assert_array_equal(folder.read("audio", VIDEO_IDS[0]), written[VIDEO_IDS[0]]["audio"])

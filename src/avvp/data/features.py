@@ -10,13 +10,16 @@ and the folder, so a bad file never reaches a model as garbage.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from avvp.data.sniff import NPY, file_kind
 from avvp.errors import AvvpError
@@ -28,6 +31,12 @@ FEATURE_DIRS: dict[str, tuple[str, tuple[int, int]]] = {
     "r2plus1d": ("r2plus1d_18", (10, 512)),
 }
 FRAMES_PER_SECOND = 8  # res152 frames per one-second segment
+
+# np.load parses a .npy header with ast.literal_eval, and CPython 3.11 keeps the AST builder's recursion counter
+# in one place for all threads (gh-106905): parallel readers failed at random with "SystemError: AST constructor
+# recursion depth mismatch". Headers are parsed one at a time; the values are copied outside the lock.
+_HEADER_LOCK = threading.Lock()
+_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
 @dataclass
@@ -44,6 +53,27 @@ class Features:
 
 def _expected(shape: tuple[int, int]) -> str:
     return f"one float32 {shape} array saved with np.save"
+
+
+def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
+    """One .npy file as an array (memory-mapped with `mmap_mode`), its header parsed under `_HEADER_LOCK` and
+    its values read outside it; ValueError for a file that is not a complete .npy of plain numbers."""
+    with open(path, "rb") as handle:
+        with _HEADER_LOCK:
+            version = npy_format.read_magic(handle)
+            if version not in _HEADER_READERS:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+            shape, fortran_order, dtype = _HEADER_READERS[version](handle)
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        order = "F" if fortran_order else "C"
+        count = math.prod(shape)
+        if mmap_mode is not None:
+            return np.memmap(handle, dtype, mmap_mode, offset=handle.tell(), shape=shape, order=order)
+        values = np.fromfile(handle, dtype, count)
+    if values.size != count:
+        raise ValueError(f"the file is truncated: {values.size} of {count} values")
+    return values.reshape(shape, order=order)
 
 
 def pool_res152(res152: np.ndarray) -> np.ndarray:
@@ -92,7 +122,7 @@ class FeatureFolder:
         path = self.path(name, video_id)
         where = f"video {video_id}: {self.root / folder}/{video_id}.npy"
         try:
-            array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+            array = _load_npy(path, mmap_mode)
         except FileNotFoundError:
             raise AvvpError(f"{where}: file not found") from None
         except (OSError, ValueError, EOFError) as err:
@@ -100,9 +130,6 @@ class FeatureFolder:
             if kind == NPY:  # truncated, or an object array
                 raise AvvpError(f"{where}: not a readable .npy file ({err})") from err
             raise AvvpError(f"{where}: not a readable .npy file: it is {kind}; expected {_expected(shape)}") from err
-        if not isinstance(array, np.ndarray):  # np.load opens a zip archive (np.savez) as an NpzFile
-            array.close()
-            raise AvvpError(f"{where}: not a readable .npy file: it is {file_kind(path)}; expected {_expected(shape)}")
         if array.shape != shape:
             raise AvvpError(f"{where}: shape {array.shape}, expected {shape}")
         if array.dtype != np.float32:
