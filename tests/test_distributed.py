@@ -49,7 +49,7 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, modality_l
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(29517 + modality_labels),  # one port per case: the last case's may still be closing
         "-m",
         "avvp",
         "train",
@@ -131,3 +131,33 @@ def test_early_stopping_stops_every_process_at_rank_0s_decision(tiny_llp: Path, 
     assert [(tmp_path / f"epochs{rank}.txt").read_text() for rank in (0, 1)] == ["4", "4"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stopped"] is True
+
+
+def _launch(rank: int, port: int, args: list[str]) -> subprocess.Popen:
+    """One of 2 processes of a process group, as torchrun starts them: the store they meet at is served by the
+    caller (`_store`), as torchrun's agent serves it, but nothing stops the other process once one fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    command = [sys.executable, "-m", "avvp", "train", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_an_error_on_the_main_process_alone_stops_the_other_with_it(tiny_llp: Path, tmp_path: Path) -> None:
+    """A resume the main process refuses (the run folder was trained with another learning rate): the other
+    process stops at once with that error, instead of waiting for a process that is gone."""
+    common = ["--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS, "--epochs", "1"]
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *common]) == 0
+    args = ["--out", str(out), "--resume", *common, "--lr", "1e-3"]
+    store = torch.distributed.TCPStore("127.0.0.1", 29531, 2, is_master=True, wait_for_workers=False)
+    processes = [_launch(rank, 29531, args) for rank in (0, 1)]
+    try:
+        ended = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+        del store
+    errors = [stderr.strip().splitlines()[-1] for _, stderr in ended]
+    assert [process.returncode for process in processes] == [2, 2], errors
+    assert errors[0].startswith(f"avvp train: error: {out} was trained with other settings (lr:")
+    assert errors[1] == errors[0].replace("error: ", "error: process 0 stopped: ", 1)

@@ -3,12 +3,16 @@ CUDA). Everything is a no-op for one process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from avvp.errors import AvvpError
 
 
 @dataclass
@@ -70,8 +74,51 @@ def sum_over_processes(values: torch.Tensor, ctx: DistributedContext) -> torch.T
     return values
 
 
-def barrier(ctx: DistributedContext) -> None:
-    if ctx.enabled:
-        import torch.distributed as dist
+def close_distributed() -> None:
+    """Leave the process group torchrun set up, however the work ended: a process that exits with the group's
+    threads still up can abort ('terminate called without an active exception') instead of exiting with its
+    status."""
+    import torch.distributed as dist
 
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def fail_together(ctx: DistributedContext) -> Iterator[None]:
+    """Run a block that holds no collective operation (work one process does alone, such as the main process's
+    checks and writes), then tell every process how it ended on each: where it failed on one, every other process
+    raises an AvvpError with that error too, instead of waiting at the next collective operation for a process
+    that is gone. An interrupt (Ctrl-C reaches every process) is not shared."""
+    if not ctx.enabled:
+        yield
+        return
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:
+        _share_outcome(ctx, _failure(err))
+        raise
+    rank, failure = _share_outcome(ctx, None)
+    if failure is not None:
+        raise AvvpError(f"process {rank} stopped: {failure}")
+
+
+def _share_outcome(ctx: DistributedContext, failure: str | None) -> tuple[int | None, str | None]:
+    """Every process's outcome of a block: (the lowest failed process's rank, its error), or (None, None)."""
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    first = torch.tensor([ctx.world_size if failure is None else ctx.rank], device=device)
+    dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    rank = int(first.item())
+    if rank == ctx.world_size:
+        return None, None
+    message = [failure]
+    dist.broadcast_object_list(message, src=rank)
+    return rank, message[0]
+
+
+def _failure(err: BaseException) -> str:
+    return str(err) if isinstance(err, AvvpError) else f"{type(err).__name__}: {err}"

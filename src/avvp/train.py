@@ -32,7 +32,15 @@ from avvp.checkpoint import load_model, safe_torch_load, save_checkpoint
 from avvp.data.annotations import load_split
 from avvp.data.modality_labels import file_sha256, training_targets
 from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
-from avvp.distributed import DistributedContext, barrier, gather, init_distributed, seed_noise, sum_over_processes
+from avvp.distributed import (
+    DistributedContext,
+    close_distributed,
+    fail_together,
+    gather,
+    init_distributed,
+    seed_noise,
+    sum_over_processes,
+)
 from avvp.errors import AvvpError
 from avvp.inference import predict, resolve_precision
 from avvp.metrics import Scores, evaluate, format_scores, parse_predictions, token_scores
@@ -141,6 +149,7 @@ def train(
     each epoch line (default: the epochs left of this run at the mean epoch time).
     """
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        held.callback(close_distributed)  # the process group too (last: after the lock)
         paths = (Path(features), Path(annotations), Path(out_dir))
         run = _set_up(config, *paths, device, resume, progress, val_features, skip_bad_rows, held)
         run.stepper, run.time_left = _make_stepper(run), time_left
@@ -152,14 +161,12 @@ def train(
             losses, lr = _train_epoch(run, epoch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
-            best = _validate(run, epoch, losses, lr, seconds, started) if run.ctx.is_main else None
+            with fail_together(run.ctx):  # the main process validates; an error there stops every process
+                best = _validate(run, epoch, losses, lr, seconds, started) if run.ctx.is_main else None
             _check_early_stop(run, epoch)
-            _save_state(run, epoch)
-            if best is not None:  # after last.pt: a kill between the two is repaired on resume
-                save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
-            barrier(run.ctx)
-        test_scores = _test(run) if run.ctx.is_main else None
-        barrier(run.ctx)
+            _save_state(run, epoch, best)
+        with fail_together(run.ctx):
+            test_scores = _test(run) if run.ctx.is_main else None
     parameters = count_parameters(run.model)
     return TrainResult(
         run.out_dir, run.best_epoch, run.best_type, test_scores, train_seconds, parameters, run.last_epoch
@@ -205,9 +212,7 @@ def train_stacked(
                 seconds[id(run)] += elapsed
                 best = _validate(run, epoch, losses, lr, elapsed, started)
                 _check_early_stop(run, epoch)
-                _save_state(run, epoch)
-                if best is not None:
-                    save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
+                _save_state(run, epoch, best)
         scores = [_test(run) for run in runs]
     return [
         TrainResult(
@@ -287,43 +292,45 @@ def _set_up(
     Every split's features are checked before the run folder is touched; the main process then takes the folder's
     lock (into `held`) and decides, from what the folder holds, whether the run is new or resumed."""
     device, ctx = _device_and_context(torch.device(device))
-    if data is None:
-        data = _load_data(config, features, annotations, val_features, skip_bad_rows, ctx)
-    train_data, val_data = data
-    torch.manual_seed(config.seed)  # the same initial weights on every process
-    model = create_model(config.model, **config.model_overrides).to(device)
-    seed_noise(config.seed, ctx)
-    optimizer = make_optimizer(model, config.lr, capturable=config.cuda_graphs and device.type == "cuda")
-    run = _Run(
-        config=config,
-        out_dir=out_dir,
-        features=features,
-        annotations=annotations,
-        device=device,
-        precision=resolve_precision(config.precision, device),
-        ctx=ctx,
-        model=model,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma),
-        shuffle=torch.Generator().manual_seed(config.seed),
-        train_data=train_data,
-        val_data=val_data,
-        targets=_training_targets(config, annotations, train_data, skip_bad_rows),
-        stepper=None,  # type: ignore[arg-type]  # made once the state is restored (`_make_stepper`)
-        progress=progress,
-        skip_bad_rows=skip_bad_rows,
-    )
-    record = _run_record(run)
-    if ctx.is_main:
-        _make_run_folder(out_dir)
-        held.enter_context(PidLock(out_dir / LOCK_NAME, "another `avvp train`"))
-        remove_stale_temporaries(out_dir)  # left by a process killed while writing (it logs what it removes)
-        resume = _open_run_folder(run, record, resume)
+    with fail_together(ctx):  # an error on any process (its data; the run folder, on the main one) stops all
+        if data is None:
+            data = _load_data(config, features, annotations, val_features, skip_bad_rows, ctx)
+        train_data, val_data = data
+        torch.manual_seed(config.seed)  # the same initial weights on every process
+        model = create_model(config.model, **config.model_overrides).to(device)
+        seed_noise(config.seed, ctx)
+        optimizer = make_optimizer(model, config.lr, capturable=config.cuda_graphs and device.type == "cuda")
+        run = _Run(
+            config=config,
+            out_dir=out_dir,
+            features=features,
+            annotations=annotations,
+            device=device,
+            precision=resolve_precision(config.precision, device),
+            ctx=ctx,
+            model=model,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma),
+            shuffle=torch.Generator().manual_seed(config.seed),
+            train_data=train_data,
+            val_data=val_data,
+            targets=_training_targets(config, annotations, train_data, skip_bad_rows),
+            stepper=None,  # type: ignore[arg-type]  # made once the state is restored (`_make_stepper`)
+            progress=progress,
+            skip_bad_rows=skip_bad_rows,
+        )
+        record = _run_record(run)
+        if ctx.is_main:
+            _make_run_folder(out_dir)
+            held.enter_context(PidLock(out_dir / LOCK_NAME, "another `avvp train`"))
+            remove_stale_temporaries(out_dir)  # left by a process killed while writing (it logs what it removes)
+            resume = _open_run_folder(run, record, resume)
     resumed = gather(resume, ctx)[0]  # the main process's decision
-    if resumed:
-        _resume(run)
-    if ctx.is_main:
-        _write_run_record(run, record, resumed, stacked_with)
+    with fail_together(ctx):  # a damaged last.pt, a failed write
+        if resumed:
+            _resume(run)
+        if ctx.is_main:
+            _write_run_record(run, record, resumed, stacked_with)
     return run
 
 
@@ -639,10 +646,14 @@ def _check_early_stop(run: _Run, epoch: int) -> None:
         )
 
 
-def _save_state(run: _Run, epoch: int) -> None:
-    """last.pt: everything `--resume` needs to continue exactly (every process's random stream included)."""
+def _save_state(run: _Run, epoch: int, best: dict[str, Any] | None) -> None:
+    """last.pt: everything `--resume` needs to continue exactly (every process's random stream included); then,
+    where `epoch` is the best so far (`best`: its record), best.safetensors. A failed write on the main process
+    stops every process."""
     rng = _rng_state(run)
-    if run.ctx.is_main:
+    with fail_together(run.ctx):
+        if not run.ctx.is_main:
+            return
         state = {
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
@@ -654,6 +665,8 @@ def _save_state(run: _Run, epoch: int) -> None:
             "stopped": run.stopped,
         }
         atomic_torch_save(state, run.state_path)
+        if best is not None:  # after last.pt: a kill between the two is repaired on resume
+            save_checkpoint(run.out_dir / "best.safetensors", run.model, metadata=best)
 
 
 def _test(run: _Run) -> Scores:
