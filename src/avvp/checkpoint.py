@@ -258,6 +258,21 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def saved_epoch(path: str | Path) -> int | None:
+    """The epoch recorded inside one of our checkpoints' header (`metadata.epoch`, as `train` saves it); None for
+    a file that is missing, unreadable or has no epoch. Reads the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            record = json.loads((handle.metadata() or {}).get(_HEADER_KEY, "{}"))
+    except Exception:  # noqa: BLE001 (missing, truncated, corrupt, bad JSON: safetensors has its own error types)
+        return None
+    metadata = record.get("metadata") if isinstance(record, dict) else None
+    epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
 def _read_avvp(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Weights and record of one of our checkpoints (the record from the header, else from the JSON beside it)."""
     from safetensors import safe_open

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from avvp import __version__
-from avvp.checkpoint import load_model, safe_torch_load, save_checkpoint
+from avvp import __version__, faults
+from avvp.checkpoint import load_model, safe_torch_load, save_checkpoint, saved_epoch
 from avvp.data.annotations import load_split
 from avvp.data.modality_labels import file_sha256, training_targets
 from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
@@ -438,11 +438,10 @@ def _resume(run: _Run) -> None:
 
 
 def _repair_best(run: _Run, epoch: int) -> None:
-    """A kill after last.pt but before best.safetensors of its epoch leaves an older best: the weights just loaded
-    are the best ones, so they are written again."""
-    best_json = run.out_dir / "best.json"
-    saved = json.loads(best_json.read_text()).get("metadata", {}).get("epoch") if best_json.exists() else None
-    if saved != epoch:
+    """A kill after last.pt but before best.safetensors of its epoch leaves an older best (best.json may already
+    be the new one: it is renamed first): the weights just loaded are the best ones, so both are written again.
+    The epoch is read from the record inside best.safetensors, the file the test and users load."""
+    if saved_epoch(run.out_dir / "best.safetensors") != epoch:
         lines = run.metrics_path.read_text().splitlines() if run.metrics_path.exists() else []
         records = [json.loads(line) for line in lines if _epoch_of(line) == epoch]
         val = records[-1]["val"] if records else None
@@ -754,8 +753,14 @@ def _for_rank(states: list[torch.Tensor] | torch.Tensor, run: _Run) -> torch.Ten
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     try:
+        line = json.dumps(record) + "\n"
         with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            if faults.armed():  # the test-only hook: a kill with half the line written
+                handle.write(line[: len(line) // 2])
+                handle.flush()
+                faults.fault_point(path.name)
+                line = line[len(line) // 2 :]
+            handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as err:

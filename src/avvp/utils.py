@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from avvp.errors import AvvpError
+from avvp.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, FILE_MODE)  # after the body: mkstemp makes 0600 files, and a writer may have made it anew
         output_path(shown)  # still a regular file or absent
         sync_file(tmp)  # the data on disk before the name points at them
+        fault_point(target.name)
         os.replace(tmp, target)
         sync_folder(target.parent)  # the rename itself on disk
     except OSError as err:

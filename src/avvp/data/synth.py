@@ -618,6 +618,7 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path)
 
     Under a lock beside `out_dir`, so that two runs never interleave their moves; `out_dir` is checked again
     there, since another run may have filled it while this one was generating."""
+    from avvp.faults import fault_point
     from avvp.utils import PidLock, sync_folder, temporary_folder
 
     filled = AvvpError(
@@ -636,6 +637,7 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool, shown: Path)
                 raise filled
             retired = temporary_folder(out_dir, "old")
             os.replace(out_dir, retired / "data")
+            fault_point(f"{out_dir.name} (the previous dataset set aside)")
         try:
             os.replace(staging, out_dir)  # onto an absent or empty folder: fails if another process fills it now
         except BaseException as err:  # an OSError, or an interrupt (Ctrl-C, SIGTERM): the previous data go back
