@@ -732,6 +732,23 @@ def test_sigterm_during_synth_removes_its_staging_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_stops_any_command_as_ctrl_c_does(tiny_llp, tmp_path):
+    """Every command, not only train, synth and sweep: a `kill` of `avvp pack` in the middle of its reads exits
+    130 and leaves neither the pack nor its temporary (the kill campaign found pack dying at once, exit -15)."""
+    out = tmp_path / "packs"
+    child = run_child(
+        "import os, signal, sys, time\n"
+        "from avvp.data.features import FeatureFolder\n"
+        "from avvp.cli import main\n"
+        "FeatureFolder.read_video = lambda self, vid: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(0.2)\n"
+        f"sys.exit(main(['pack', '--features', {str(tiny_llp / 'feats')!r}, '--annotations', {str(tiny_llp)!r},"
+        f" '--out', {str(out)!r}]))\n"
+    )
+    assert child.returncode == 130, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == "avvp pack: interrupted"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 # ------------------------------------------------- 16: one mode for every file avvp writes
 
 

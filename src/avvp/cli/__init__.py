@@ -14,6 +14,7 @@ import sys
 
 from avvp import __version__
 from avvp.errors import AvvpError
+from avvp.utils import interrupt_on_sigterm
 
 # Subcommand modules, in the order `avvp --help` lists them.
 COMMANDS: list[str] = [
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        status = args.func(args)
+        with interrupt_on_sigterm():  # a `kill` runs the command's clean-up as Ctrl-C does (exit 130)
+            status = args.func(args)
     except AvvpError as err:
         print(f"avvp {args.command}: error: {err}", file=sys.stderr)
         return 2

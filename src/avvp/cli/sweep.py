@@ -137,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
         write_sweep_record,
         write_tables,
     )
-    from avvp.utils import interrupt_on_sigterm
 
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr-step", args.lr_step)):
         if value < 1:
@@ -178,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
             run_status(run, features, annotations)
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels)
-        with interrupt_on_sigterm():  # a `kill` stops the workers and releases the locks as Ctrl-C does
-            report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
+        report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
         failed = report.failed
         print(
             f"sweep {args.sweep_kind}: {len(report.reused)} run(s) reused, {len(report.trained)} trained, "

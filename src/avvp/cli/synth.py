@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
     from avvp.data.synth import SynthConfig, generate
     from avvp.errors import AvvpError
-    from avvp.utils import interrupt_on_sigterm
 
     if args.workers is not None and args.workers < 1:
         raise AvvpError(f"--workers {args.workers}: must be at least 1")
@@ -69,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         cross_modal_leakage=args.cross_modal_leakage,
     )
-    with interrupt_on_sigterm():  # a `kill` removes the staging folder as Ctrl-C does
-        summary = generate(args.out, config, overwrite=args.overwrite, workers=args.workers)
+    summary = generate(args.out, config, overwrite=args.overwrite, workers=args.workers)
     sizes = ", ".join(f"{count:,} {split}" for split, count in summary["videos"].items())
     print(
         f"LLP-Synth (seed {summary['seed']}): {sizes} videos, {summary['feature_bytes'] / 1e9:.2f} GB of features "

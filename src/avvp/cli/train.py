@@ -138,19 +138,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from avvp.cli.common import resolve_device
     from avvp.train import train
-    from avvp.utils import interrupt_on_sigterm
 
     config = config_from_args(args)
-    with interrupt_on_sigterm():  # a `kill` releases the run folder's lock as Ctrl-C does
-        result = train(
-            config,
-            features=args.features,
-            annotations=resolve_annotations(args.annotations),
-            out_dir=args.out,
-            device=resolve_device(args.device),
-            resume=args.resume,
-            skip_bad_rows=args.skip_bad_rows,
-        )
+    result = train(
+        config,
+        features=args.features,
+        annotations=resolve_annotations(args.annotations),
+        out_dir=args.out,
+        device=resolve_device(args.device),
+        resume=args.resume,
+        skip_bad_rows=args.skip_bad_rows,
+    )
     if result.test_scores is not None:  # the main process (the others under torchrun have nothing to say)
         best = f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f})"
         print(f"{best}; run folder {result.out_dir}")
