@@ -314,3 +314,20 @@ def test_sweep_takes_the_recipe_flags_and_records_them_per_run(tiny_llp: Path, t
     for flags, message in ((["--lr", "0"], "--lr 0.0: must be positive"), (["--lr-step", "0"], "--lr-step 0")):
         assert main(_sweep_args(tiny_llp, tmp_path / "other", *flags)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_sweep_with_nothing_left_removes_the_locks_a_killed_one_left(tiny_llp: Path, tmp_path: Path):
+    """A sweep killed after its last run (writing the tables) left .sweep.lock, a run killed after its test left
+    .train.lock: the rerun, finding every run finished, removes both (found by bench/kill_campaign.py); a live
+    owner's lock stays."""
+    out = tmp_path / "sweep"
+    args = _sweep_args(tiny_llp, out, "--configs", "mgn-1-1-2", "--seeds", "1")
+    assert main(args) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".sweep.lock").write_text(f"{dead.pid}\n")
+    (out / "mgn-1-1-2-seed1" / ".train.lock").write_text(f"{dead.pid}\n")
+    assert main(args) == 0
+    assert not (out / ".sweep.lock").exists() and not (out / "mgn-1-1-2-seed1" / ".train.lock").exists()
+    (out / ".sweep.lock").write_text(f"{os.getppid()}\n")  # alive
+    assert main(args) == 0 and (out / ".sweep.lock").exists()

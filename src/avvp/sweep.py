@@ -32,6 +32,7 @@ from avvp.errors import AvvpError
 from avvp.models import make_config, model_size, paper_table_configs
 from avvp.reports.tables import ResultRow, RunSummary
 from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, PidLock, read_run_record
+from avvp.train import LOCK_NAME as TRAIN_LOCK
 from avvp.train import TrainConfig
 from avvp.utils import atomic_write_text
 
@@ -290,13 +291,15 @@ def run_sweep(
         status = run_status(run, features, annotations)
         if status == "done":
             report.reused.append(run.name)
+            PidLock(run.run_dir / TRAIN_LOCK, "another `avvp train`").remove_if_stale()  # a kill after its end
         else:
             todo.append((run, status))
     if report.reused:
         log.info("reusing %d finished run(s) in %s", len(report.reused), runs[0].run_dir.parent)
-    if not todo:
-        return report
     out_dir = runs[0].run_dir.parent
+    if not todo:  # a sweep killed after its last run left its lock: nothing else will remove it
+        PidLock(out_dir / LOCK_NAME, "another sweep").remove_if_stale()
+        return report
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(todo, stack, report)
     work = functools.partial(train_job, features=features, annotations=annotations)

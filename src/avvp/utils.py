@@ -298,7 +298,7 @@ class PidLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
             except FileExistsError:
                 owner = self._owner()
-                if (owner is None and self._age() > 5.0) or (owner is not None and not pid_alive(owner)):
+                if self._stale(owner):
                     self._take_over(owner)  # left by a killed process (empty: killed before writing its pid)
                     continue
                 if time.monotonic() < deadline:
@@ -316,6 +316,18 @@ class PidLock:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
+
+    def remove_if_stale(self) -> None:
+        """Remove the lock where a killed process left it, without taking it (a live owner's stays): for a
+        command that finds nothing left to do under it."""
+        if self.path.exists():
+            owner = self._owner()
+            if self._stale(owner):
+                self._take_over(owner)
+
+    def _stale(self, owner: int | None) -> bool:
+        """Whether the lock file was left by a process that is gone (empty: killed before it wrote its pid)."""
+        return (owner is None and self._age() > 5.0) or (owner is not None and not pid_alive(owner))
 
     def _owner(self) -> int | None:
         try:
