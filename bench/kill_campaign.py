@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,8 +334,7 @@ def trial(case: Case, work: Path, data: Path, base: Baseline, rng: random.Random
         args = fill(case.args + (case.resume if reruns else []), out)
         stop, fault_at = pick_stop(case, base, rng) if sum(kills.values()) < max_kills else (None, None)
         attempt = run(args, log, stop, fault_at)
-        finished = attempt.rc != 0 and out.exists() and not compare(base.out, out)  # the stop came after the end
-        findings += check(attempt, finished)
+        findings += check(attempt, lambda: out.exists() and not compare(base.out, out))
         if attempt.stop is None:
             if attempt.rc == 0 or reruns > max_kills + 5:
                 break
@@ -357,12 +357,13 @@ def pick_stop(case: Case, base: Baseline, rng: random.Random):
     return (how, rng.uniform(base.startup, max(base.startup, base.seconds))), None
 
 
-def check(attempt: Attempt, finished: bool) -> list[str]:
+def check(attempt: Attempt, finished: Callable[[], bool]) -> list[str]:
     """What a stop or a rerun did that the docs do not promise. A SIGTERM or SIGINT that comes once the command
-    has written everything (`finished`: its output already equals the baseline), while Python shuts down, ends
-    the process with the signal's status (-15, -2): nothing was left to clean up, so that is no finding."""
+    has written everything, while Python shuts down, ends the process with the signal's status (-15, -2): nothing
+    was left to clean up, so that is no finding (`finished()`: the output already equals the baseline; compared
+    only for such a stop)."""
     found = []
-    if attempt.stop in ("SIGTERM", "SIGINT") and attempt.rc not in (130, 0) and not finished:
+    if attempt.stop in ("SIGTERM", "SIGINT") and attempt.rc not in (130, 0) and not finished():
         found.append(f"{attempt.stop}: exit {attempt.rc} (expected 130): {error_line(attempt.stderr)}")
     if "Traceback" in attempt.stderr:
         found.append(f"{attempt.stop or 'a run left alone'}: a traceback: {error_line(attempt.stderr)}")
