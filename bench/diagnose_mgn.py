@@ -9,7 +9,7 @@
    (audio labels for vggish, visual labels for res152 / r2plus1d_18), the per-video means of the regression
    residual, and the within-video residual (noise). The same for MGN's fused visual input (visual_fusion output)
    at initialisation and after training.
-2. Trains MGN (default config) with the project's step (`avvp.train.TrainStep`: `compute_losses`, `make_optimizer`),
+2. Trains MGN (default config) with the project's step (`avvp.steps.TrainStep`: `avvp.objective.Objective`, `make_optimizer`),
    fp32 on one CPU thread, StepLR(--lr-step, 0.1), and records every --every steps and at each epoch end: class-token
    geometry (pairwise cosine / distance, norm), the entropy of the visual (and audio) class assignment over the 25
    groups on a fixed batch of val videos (eval mode), the similarity of the assignment queries and keys, gradient
@@ -44,7 +44,7 @@ from avvp.inference import predict
 from avvp.metrics import evaluate, parse_predictions
 from avvp.models import create_model
 from avvp.steps import TrainStep, make_optimizer
-from avvp.train import TrainConfig
+from avvp.training import TrainConfig
 
 BRANCHES = (
     "audio_proj",

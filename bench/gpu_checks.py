@@ -20,7 +20,7 @@ from avvp.data.synth import SynthConfig, generate
 from avvp.inference import predict
 from avvp.metrics import evaluate, parse_predictions
 from avvp.models import create_model
-from avvp.train import TrainConfig, train
+from avvp.training import TrainConfig, train
 
 DEVICE = os.environ.get("AVVP_BENCH_DEVICE", "cuda")  # cpu only to smoke-test this script without a GPU
 

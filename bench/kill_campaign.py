@@ -75,7 +75,7 @@ def cases(data: Path, big: Path) -> dict[str, Case]:
     train = ["train", "--features", feats, "--annotations", ann, "--out", "{out}", "--batch-size", "8"]
     sweep = ["sweep", "depth", "--features", feats, "--annotations", ann, "--out", "{out}", "--batch-size", "8"]
     sweep += ["--dim", "32", "--device", "cpu", "--lr-step", "2"]
-    torch_imports = "import torch, avvp.cli, avvp.train"
+    torch_imports = "import torch, avvp.cli, avvp.training"
     return {
         "train-mgn": Case(
             "train-mgn",

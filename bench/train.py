@@ -4,7 +4,7 @@
     python bench/train.py --videos 2000 --device cuda --compile
 
 Data: LLP-Synth generated once into --data (cached; 10,000 videos take ~7 GB as .npy) and packed (the fast path).
-Each row runs `avvp.train.train` for --epochs epochs (validation on the val split each epoch, as in the recipe) and
+Each row runs `avvp.training.train` for --epochs epochs (validation on the val split each epoch, as in the recipe) and
 reads the per-epoch timings it records in metrics.jsonl. Prints a table with the device.
 """
 
@@ -23,7 +23,7 @@ import torch
 from avvp.data.annotations import SPLIT_FILES, read_weak_labels
 from avvp.data.store import pack_features
 from avvp.data.synth import SynthConfig, generate, load_config
-from avvp.train import TrainConfig, train
+from avvp.training import TrainConfig, train
 
 AUTHORS_CPU = "authors' loop on this 2-core CPU: 42-50 videos/s (their model step alone 84-94); target >= 140"
 

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: `avvp.train.train` with early stopping on 2 gloo processes.
+"""Run under torchrun by tests/test_distributed.py: `avvp.training.train` with early stopping on 2 gloo processes.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_early_stop_worker.py TINY_LLP OUT
 
@@ -13,14 +13,14 @@ import os
 import sys
 from pathlib import Path
 
-import avvp.train
+import avvp.training
 from avvp.recipe import TrainConfig
 
 SCRIPT = [10, 20, 15, 15, 12, 30, 40, 50]  # validation Type@AV per epoch (rank 0)
 
 
 def main(tiny: Path, out: Path) -> None:
-    real = avvp.train.score_split
+    real = avvp.training.score_split
     scores_left = iter(SCRIPT)
 
     def scripted(model, data, **kwargs):
@@ -29,9 +29,9 @@ def main(tiny: Path, out: Path) -> None:
             scores.segment["type"] = next(scores_left)
         return scores, predictions
 
-    avvp.train.score_split = scripted
+    avvp.training.score_split = scripted
     config = TrainConfig(model="han", epochs=8, batch_size=8, patience=2, model_overrides={"dim": 32, "ff_dim": 32})
-    result = avvp.train.train(
+    result = avvp.training.train(
         config, features=tiny / "feats", annotations=tiny, out_dir=out / "run", device="cpu", progress=False
     )
     (out / f"epochs{os.environ['RANK']}.txt").write_text(str(result.epochs_trained))

@@ -192,7 +192,7 @@ def test_scale_arguments_are_checked(tmp_path, capsys):
 def test_one_recipe_for_both_models(tmp_path, capsys):
     """The demo trains both models with the same documented recipe (docs/demo.md): the authors' batch and rate, in
     fp32, one late StepLR decay and early stopping, differing only in the model."""
-    from avvp.train import TrainConfig
+    from avvp.training import TrainConfig
 
     config = DemoConfig()
     han, mgn = config.train_config("han"), config.train_config("mgn")

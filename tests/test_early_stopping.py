@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import avvp.inference
-import avvp.train
+import avvp.training
 from avvp.cli import main
 from avvp.recipe import TrainConfig
 from avvp.sweep import plan_runs, sweep_configs, train_command
-from avvp.train import train, train_stacked
+from avvp.training import train, train_stacked
 from avvp.utils import format_duration
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +47,7 @@ def test_the_stopping_rule(patience, min_epochs, best_by_epoch, stop_epoch):
 def scripted_val(monkeypatch):
     """`script(*sequences)`: the n-th model created gets the n-th sequence as its validation Type@AV, epoch by
     epoch (from `start`, for a resumed run); test scoring stays real."""
-    real = avvp.train.score_split
+    real = avvp.training.score_split
     state: dict = {"sequences": [], "models": {}}
 
     def scripted(model, data, **kwargs):
@@ -61,7 +61,7 @@ def scripted_val(monkeypatch):
             calls["calls"] += 1
         return scores, predictions
 
-    monkeypatch.setattr(avvp.train, "score_split", scripted)
+    monkeypatch.setattr(avvp.training, "score_split", scripted)
 
     def script(*sequences, start: int = 1):
         state["sequences"] += [(list(sequence), start) for sequence in sequences]

@@ -16,8 +16,8 @@ from avvp.data.annotations import load_split
 from avvp.data.classes import CLASSES, NUM_CLASSES
 from avvp.data.modality_labels import read_modality_labels, training_targets, write_modality_labels
 from avvp.errors import AvvpError
+from avvp.objective import loss_targets
 from avvp.recipe import TrainConfig
-from avvp.steps import loss_targets
 
 HAN = ["--model", "han", "--dim", "32", "--epochs", "2"]
 
@@ -115,12 +115,12 @@ def test_loss_targets_with_modality_labels() -> None:
     weak = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
     audio = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # class 1 removed from the audio labels
     visual = torch.tensor([[0.0, 1.0, 0.0, 1.0]])  # class 0 removed from the visual labels
-    video_target, audio_target, visual_target = loss_targets(torch.stack([weak, audio, visual], 1), config)
-    assert torch.equal(video_target, weak) and torch.equal(audio_target, audio)
-    torch.testing.assert_close(visual_target, torch.tensor([[0.0, 0.95, 0.05, 0.95]]), rtol=0, atol=1e-7)
-    unchanged = loss_targets(torch.stack([weak, weak, weak], 1), config)
-    for given, plain in zip(unchanged, loss_targets(weak, config)):
-        assert torch.equal(given, plain)  # bit for bit what weak labels alone give
+    targets = loss_targets(torch.stack([weak, audio, visual], 1), config)
+    assert torch.equal(targets.video, weak) and torch.equal(targets.audio, audio)
+    torch.testing.assert_close(targets.visual, torch.tensor([[0.0, 0.95, 0.05, 0.95]]), rtol=0, atol=1e-7)
+    unchanged, plain = loss_targets(torch.stack([weak, weak, weak], 1), config), loss_targets(weak, config)
+    for field in ("video", "audio", "visual"):
+        assert torch.equal(getattr(unchanged, field), getattr(plain, field))  # bit for bit what weak labels give
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -179,7 +179,7 @@ def test_stacked_runs_each_train_on_their_own_labels(tiny_llp, tmp_path, monkeyp
     import torch.nn.functional as F
 
     from avvp.models.layers import hard_softmax
-    from avvp.train import train, train_stacked
+    from avvp.training import train, train_stacked
 
     monkeypatch.setattr(F, "gumbel_softmax", lambda logits, tau=1.0, hard=True, dim=-1: hard_softmax(logits, dim))
     files = [

@@ -16,9 +16,9 @@ from avvp.cli.train import config_from_args
 from avvp.data.splits import load_split_data
 from avvp.inference import autocast, predict
 from avvp.models import ParseOutput, create_model
+from avvp.objective import Objective
 from avvp.recipe import TrainConfig
-from avvp.steps import compute_losses
-from avvp.train import score_split
+from avvp.training import score_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +43,7 @@ def test_losses_equal_hand_computed_values() -> None:
     p_v = torch.full((2, 25), 0.9)
     token_logits = torch.zeros(25, 25)
     token_logits[torch.arange(25), torch.arange(25)] = 2.0
-    losses = compute_losses(_output(p_av, p_a, p_v, token_logits), labels, TrainConfig())
+    losses = Objective("mgn", TrainConfig()).terms_of(_output(p_av, p_a, p_v, token_logits), labels)
 
     absent_02 = -math.log(0.8)  # y = 0, p = 0.2
     present_02 = -math.log(0.2)
@@ -80,7 +80,7 @@ def test_bf16_training_gets_the_fp32_gradient_near_certainty(name: str, head: st
         probabilities = getattr(output, key)
         assert probabilities.dtype == torch.float32
         assert bool((probabilities < 1).all()), precision
-        compute_losses(output, labels, TrainConfig())[key].sum().backward()
+        Objective(name, TrainConfig()).terms_of(output, labels)[key].sum().backward()
         gradients[precision] = getattr(model, head).bias.grad.clone()
     assert gradients["fp32"].abs().min() > 0
     torch.testing.assert_close(gradients["bf16"], gradients["fp32"], rtol=0.05, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Stacked training (`avvp.train.train_stacked`, `avvp sweep --stack`): several runs of one configuration trained
+"""Stacked training (`avvp.training.train_stacked`, `avvp sweep --stack`): several runs of one configuration trained
 at once are the runs trained alone, up to float rounding, once the shared noise is taken out; a stacked group
 resumes exactly; what cannot be stacked is refused with one line."""
 
@@ -17,7 +17,7 @@ from avvp.cli import main
 from avvp.errors import AvvpError
 from avvp.models.layers import hard_softmax
 from avvp.recipe import TrainConfig
-from avvp.train import train, train_stacked
+from avvp.training import train, train_stacked
 
 NOISE_FREE = {  # drop-path / dropout off; the Gumbel sampling of MGN's hard assignment is replaced below
     "mgn": {"dim": 32, "depth_audio": 1, "depth_visual": 1, "depth_av": 2, "drop_path": 0.0},

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from avvp.cli import build_parser, main
+from avvp.cli.train import config_from_args
 from avvp.errors import AvvpError
 from avvp.run_folder import PidLock
 from avvp.sweep import (
@@ -25,7 +26,7 @@ from avvp.sweep import (
     train_command,
     worker_devices,
 )
-from avvp.train import TrainConfig
+from avvp.training import TrainConfig
 
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json")
 
@@ -168,10 +169,12 @@ def test_train_command_parses_back_to_the_run(tmp_path: Path):
     assert command[:4] == [sys.executable, "-m", "avvp", "train"]
     args = build_parser().parse_args(command[3:])
     assert (args.model, args.epochs, args.batch_size, args.seed, args.max_train_videos) == ("mgn", 7, 8, 4, 50)
-    assert (args.depth_audio, args.depth_visual, args.depth_av, args.dim) == (3, 3, 6, 32)
-    assert (args.unimodal_assign, args.crossmodal_assign, args.precision) == ("hard", "soft", "fp32")
-    assert args.lr == base.lr and args.lr_step == base.lr_step and args.lr_gamma == base.lr_gamma
+    assert args.precision == "fp32" and args.lr == base.lr and args.lr_step == base.lr_step
     assert args.resume and args.out == str(run.run_dir) and args.device == "cpu"
+    parsed = config_from_args(args)
+    assert parsed.model_overrides == {"depth_audio": 3, "depth_visual": 3, "depth_av": 6, "unimodal_assign": "hard",
+                                      "crossmodal_assign": "soft", "dim": 32}  # fmt: skip
+    assert parsed == run.train  # the whole recipe, every field
 
 
 def test_lock_refuses_a_live_sweep_and_clears_a_dead_one(tmp_path: Path):

@@ -91,7 +91,7 @@ def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:
 def test_a_finished_run_trained_on_drops_its_old_test_scores(tiny_llp: Path, tmp_path: Path, monkeypatch) -> None:
     """--resume with more --epochs: the 1-epoch test scores are stale once training goes on; a run killed during the
     extension has none (so a sweep does not take it as finished), and the finished extension writes new ones."""
-    import avvp.train
+    import avvp.training
 
     out = tmp_path / "run"
     assert _train(tiny_llp, out, "--epochs", "1", *TINY_MGN) == 0
@@ -101,7 +101,7 @@ def test_a_finished_run_trained_on_drops_its_old_test_scores(tiny_llp: Path, tmp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(avvp.train, "_train_epoch", killed)
+        patch.setattr(avvp.training, "_train_epoch", killed)
         assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 130  # as Ctrl-C
     assert not (out / "test_scores.json").exists()
     assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 0
@@ -124,7 +124,7 @@ def test_han_rejects_mgn_flags(tiny_llp: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_clamped_bce_equals_torch_bce() -> None:
-    from avvp.steps import clamp_bce
+    from avvp.objective import clamp_bce
 
     generator = torch.Generator().manual_seed(0)
     probs = torch.rand(32, 25, generator=generator)

@@ -1,5 +1,5 @@
 """The authors' training steps reproduced: their small MGN, imported through our checkpoint loader, takes four Adam
-steps through the step `avvp train` uses (`TrainStep`: `compute_losses`, `make_optimizer`) and matches their loss
+steps through the step `avvp train` uses (`TrainStep`: `avvp.objective.Objective`, `make_optimizer`) and matches their loss
 terms, gradients and weights (../shared/fixtures/mgn_official_train_small.npz, described in ../shared/README.md)."""
 
 from __future__ import annotations

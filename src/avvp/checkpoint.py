@@ -4,7 +4,9 @@ Our checkpoint is `NAME.safetensors` (the weights; the header also records model
 `NAME.json` beside it (the same record, readable by people and scripts). The authors' checkpoints are imported
 through ONE key-mapping function, `official_to_avvp`, after which the state dict loads strictly; the model and its
 sizes are recognised from the keys and shapes, and the assignment kinds (which weights cannot tell) are given by
-the caller. `official_state_dict` maps back, so our models run in the authors' scripts.
+the caller. `official_state_dict` maps back, so our models run in the authors' scripts. What a model's authors' format
+looks like is declared in the registry (`avvp.models.registry.OfficialFormat`, MGN's and HAN's in
+`avvp.models.official`); this module applies it to whichever registered model has one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ from avvp import __version__
 from avvp.data.classes import CLASSES
 from avvp.data.sniff import file_kind
 from avvp.errors import AvvpError
-from avvp.models import MODEL_NAMES, count_parameters, create_model, make_config
+from avvp.models import count_parameters
+from avvp.models.registry import (
+    PLUGINS_ENV,
+    ModelSpec,
+    config_fields,
+    config_to_dict,
+    create_model,
+    get_spec,
+    make_config,
+    spec_of,
+    specs,
+)
 from avvp.utils import atomic_path, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -31,50 +44,6 @@ FORMAT = "avvp-checkpoint"
 FORMAT_VERSION = 1
 _HEADER_KEY = "avvp_checkpoint"  # safetensors header metadata entry holding the JSON record
 
-# (authors' key prefix, our key prefix), matched at the start of a key; the first match wins.
-# A prefix without a trailing dot is a whole key.
-_MGN_KEY_MAP: tuple[tuple[str, str], ...] = (
-    ("audio_token", "audio_class_tokens"),
-    ("visual_token", "visual_class_tokens"),
-    ("fc_a.", "audio_proj."),
-    ("fc_v.", "visual_fusion.res152_proj."),
-    ("fc_st.", "visual_fusion.r2plus1d_proj."),
-    ("fc_fusion.", "visual_fusion.fuse."),
-    ("audio_cug.blocks.", "audio_cug.blocks."),
-    ("audio_cug.han_encoder.", "audio_cug.visual_grouping."),
-    ("audio_cug.grouping.", "audio_cug.class_grouping."),
-    ("visual_cug.blocks.", "visual_cug.blocks."),
-    ("visual_cug.grouping.", "visual_cug.class_grouping."),
-    ("av_mcg.", "mcg."),
-    ("fc_prob.", "av_head."),
-    ("fc_prob_a.", "audio_head."),
-    ("fc_prob_v.", "visual_head."),
-    ("fc_cls.", "class_head."),
-)
-_HAN_KEY_MAP: tuple[tuple[str, str], ...] = (
-    ("fc_prob.", "segment_head."),
-    ("fc_frame_att.", "temporal_attention."),
-    ("fc_av_att.", "modality_attention."),
-    ("fc_a.", "audio_proj."),
-    ("fc_v.", "visual_fusion.res152_proj."),
-    ("fc_st.", "visual_fusion.r2plus1d_proj."),
-    ("fc_fusion.", "visual_fusion.fuse."),
-    ("hat_encoder.layers.0.self_attn.", "hybrid_attention.self_attn."),
-    ("hat_encoder.layers.0.cm_attn.", "hybrid_attention.cross_attn."),
-    ("hat_encoder.layers.0.linear1.", "hybrid_attention.ffn.fc1."),
-    ("hat_encoder.layers.0.linear2.", "hybrid_attention.ffn.fc2."),
-    ("hat_encoder.layers.0.norm1.", "hybrid_attention.norm1."),
-    ("hat_encoder.layers.0.norm2.", "hybrid_attention.norm2."),
-)
-_KEY_MAPS = {"mgn": _MGN_KEY_MAP, "han": _HAN_KEY_MAP}
-# Modules of the authors' HAN that its forward never uses: dropped on import.
-_HAN_UNUSED_PREFIXES = ("audio_encoder.", "visual_encoder.", "cmt_encoder.", "hat_encoder.norm1.", "hat_encoder.norm2.")
-# The authors' HAN key order (their module order), used to order an export like their file.
-_HAN_OFFICIAL_ORDER = (
-    ("fc_prob.", "fc_frame_att.", "fc_av_att.", "fc_a.", "fc_v.", "fc_st.", "fc_fusion.")
-    + _HAN_UNUSED_PREFIXES[:3]
-    + ("hat_encoder.layers.", "hat_encoder.norm")
-)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
@@ -88,44 +57,52 @@ def _rename(key: str, pairs: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
+def _official_format(spec: ModelSpec):
+    if spec.official is None:
+        raise AvvpError(f"{spec.title} has no authors' checkpoint format (none was registered for it)")
+    return spec.official
+
+
 def official_to_avvp(state_dict: dict[str, Tensor], model_name: str) -> tuple[dict[str, Tensor], list[str]]:
     """THE mapping of an authors' state dict to our key names: returns (mapped, dropped keys).
 
-    HAN's unused modules are dropped; any other key without a mapping is kept as is, so that the strict load
-    reports it as unexpected.
+    Modules the authors' forward never uses (HAN's) are dropped; any other key without a mapping is kept as is, so
+    that the strict load reports it as unexpected.
     """
+    official = _official_format(get_spec(model_name))
     mapped: dict[str, Tensor] = {}
     dropped: list[str] = []
     for key, value in state_dict.items():
-        if model_name == "han" and key.startswith(_HAN_UNUSED_PREFIXES):
+        if official.dropped_prefixes and key.startswith(official.dropped_prefixes):
             dropped.append(key)
             continue
-        mapped[_rename(key, _KEY_MAPS[model_name]) or key] = value
+        mapped[_rename(key, official.key_map) or key] = value
     return mapped, dropped
 
 
 def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Our model's weights under the authors' key names, in their order (the inverse of `official_to_avvp`).
 
-    For HAN the modules its forward never uses are added (LayerNorm weights 1, everything else 0), because the
-    authors' scripts load strictly.
+    The modules the authors' forward never uses (HAN's) are added (LayerNorm weights 1, everything else 0),
+    because the authors' scripts load strictly.
     """
-    inverse = tuple((ours, theirs) for theirs, ours in _KEY_MAPS[model.name])
+    spec = spec_of(model)
+    official = _official_format(spec)
+    inverse = tuple((ours, theirs) for theirs, ours in official.key_map)
     exported: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
-        official = _rename(key, inverse)
-        if official is None:
-            raise AvvpError(f"{model.name} weight {key!r} has no key in the authors' format")
-        exported[official] = value.detach().cpu().clone().contiguous()
-    if model.name == "han":
-        from avvp.models.han import official_unused_shapes
-
-        for key, shape in official_unused_shapes(model.config).items():
+        name = _rename(key, inverse)
+        if name is None:
+            raise AvvpError(f"{spec.title} weight {key!r} has no key in the authors' format")
+        exported[name] = value.detach().cpu().clone().contiguous()
+    if official.unused_shapes is not None:
+        for key, shape in official.unused_shapes(model.config).items():
             fill = torch.ones if re.search(r"norm\d\.weight$", key) else torch.zeros
             exported[key] = fill(shape, dtype=torch.float32)
+    if official.key_order:
 
         def rank(key: str) -> int:
-            return next(i for i, prefix in enumerate(_HAN_OFFICIAL_ORDER) if key.startswith(prefix))
+            return next(i for i, prefix in enumerate(official.key_order) if key.startswith(prefix))
 
         exported = dict(sorted(exported.items(), key=lambda item: rank(item[0])))  # sort is stable
     return exported
@@ -147,11 +124,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metadata: dict | None
         raise AvvpError(f"{path}: an avvp checkpoint is written as NAME.safetensors (with NAME.json beside it)")
     from safetensors.torch import save
 
+    spec = spec_of(model)
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": model.name,
-        "config": model.config.to_dict(),
+        "model": spec.name,
+        "model_module": spec.module,  # a plugin's: named in the error where it is not loaded
+        "config": config_to_dict(model.config),
+        "cross_modal": bool(getattr(model, "cross_modal", True)),  # False: trained in its cross-modal-free form
         "classes": list(CLASSES),
         "avvp_version": __version__,
         "parameters": count_parameters(model),
@@ -173,13 +153,17 @@ def load_model(
     *,
     unimodal_assign: str | None = None,
     crossmodal_assign: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load one of our checkpoints or an authors' one; returns (model in eval mode, info).
 
-    `unimodal_assign` / `crossmodal_assign` ('soft' / 'hard') set MGN's assignment kinds: authors' checkpoints do
-    not record them (default soft); ours do, and a given value overrides the recorded one.
-    info: `format` ('avvp' or 'official'), `model`, `config`, `dropped_keys`, `metadata` (ours), `path`.
+    `config_overrides` set config fields the file does not fix: an authors' checkpoint does not record the fields
+    its format declares `unrecorded` (MGN's assignment kinds: default soft); ours record every field, and a given
+    value overrides the recorded one (with a warning). `unimodal_assign` / `crossmodal_assign` are two such
+    overrides by name (`--unimodal-assign`). A field the model does not have is ignored with a warning.
+    info: `format` ('avvp' or 'official'), `model`, `config`, `cross_modal`, `dropped_keys`, `metadata` (ours),
+    `path`.
     """
     path = Path(path)
     kind = _sniff_format(path)
@@ -188,14 +172,14 @@ def load_model(
         _check_finite(state_dict, path)
         name, config_values, fmt = record["model"], dict(record["config"]), "avvp"
         dropped: list[str] = []
-        metadata = record.get("metadata", {})
+        metadata, cross_modal = record.get("metadata", {}), bool(record.get("cross_modal", True))
     else:
         raw = _read_torch(path)
         name, naming = _recognise(raw, path)
         state_dict, dropped = official_to_avvp(raw, name) if naming == "official" else (raw, [])
         unused = set(dropped)
         _check_finite({key: value for key, value in raw.items() if key not in unused}, path)  # the file's key names
-        config_values, fmt, metadata = _infer_config(state_dict, name, path), naming, {}
+        config_values, fmt, metadata, cross_modal = _infer_config(state_dict, name, path), naming, {}, True
         if dropped:
             modules = sorted(
                 {key.split(".layers.")[0] if ".layers." in key else key.rsplit(".", 1)[0] for key in dropped}
@@ -203,33 +187,43 @@ def load_model(
             log.info(
                 "%s: dropped %d weights of modules the forward never uses: %s", path, len(dropped), ", ".join(modules)
             )
-    assign = {"unimodal_assign": unimodal_assign, "crossmodal_assign": crossmodal_assign}
-    assign = {key: value for key, value in assign.items() if value is not None}
-    if name == "mgn":
-        for key, value in assign.items():
-            if fmt == "avvp" and config_values.get(key) not in (None, value):
-                log.warning("%s: %s %s overrides the checkpoint's %s", path, key, value, config_values[key])
-            config_values[key] = value
-    elif assign:
-        log.warning("%s: HAN has no assignment; ignoring %s", path, ", ".join(sorted(assign)))
-
+    overrides = dict(config_overrides or {})
+    overrides |= {"unimodal_assign": unimodal_assign, "crossmodal_assign": crossmodal_assign}
+    config_values |= _given_overrides(get_spec(name), overrides, config_values if fmt == "avvp" else {}, path)
     try:
         config = make_config(name, **config_values)
     except AvvpError as err:
         raise AvvpError(f"{path}: {err}") from err
     with torch.device("cpu"):
-        model = create_model(name, **config.to_dict())
+        model = create_model(name, cross_modal=cross_modal, **config_to_dict(config))
     _load_strict(model, state_dict, path)
     model.to(map_location).eval()
     info = {
         "format": fmt,
         "path": str(path),
         "model": name,
-        "config": config.to_dict(),
+        "config": config_to_dict(config),
+        "cross_modal": cross_modal,
         "dropped_keys": dropped,
         "metadata": metadata,
     }
     return model, info
+
+
+def _given_overrides(
+    spec: ModelSpec, overrides: dict[str, Any], recorded: dict[str, Any], path: Path
+) -> dict[str, Any]:
+    """The config overrides given (not None) that the model has; warns of those it lacks and of recorded values
+    they replace."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    fields = config_fields(spec)
+    foreign = sorted(key for key in given if key not in fields)
+    if foreign:
+        log.warning("%s: %s has no %s; ignoring it", path, spec.title, ", ".join(foreign))
+    for key in fields:
+        if key in given and recorded.get(key) not in (None, given[key]):
+            log.warning("%s: %s %s overrides the checkpoint's %s", path, key, given[key], recorded[key])
+    return {key: value for key, value in given.items() if key in fields}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -311,10 +305,11 @@ def _read_avvp(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise AvvpError(f"{path} holds no avvp record and {json_path.name} is missing beside it: cannot tell the model")
     if (
         not isinstance(record, dict)
-        or record.get("model") not in MODEL_NAMES
+        or not isinstance(record.get("model"), str)
         or not isinstance(record.get("config"), dict)
     ):
-        raise AvvpError(f"{source}: not an avvp checkpoint record (needs 'model' in {MODEL_NAMES} and 'config')")
+        raise AvvpError(f"{source}: not an avvp checkpoint record (needs 'model' and 'config')")
+    _check_registered(record, source)
     classes = record.get("classes")
     if classes is not None and list(classes) != list(CLASSES):
         raise AvvpError(f"{source}: the checkpoint's class list differs from LLP's 25 classes in their order")
@@ -391,46 +386,38 @@ def _check_finite(state_dict: dict[str, Tensor], path: Path) -> None:
         )
 
 
+def _check_registered(record: dict[str, Any], source: str) -> None:
+    """The record's model must be registered: a plugin's model that is not loaded is one clear error."""
+    name, module = record["model"], record.get("model_module")
+    if name in {spec.name for spec in specs()}:
+        return
+    if isinstance(module, str) and not (module == "avvp" or module.startswith("avvp.")):
+        raise AvvpError(
+            f"{source}: its model {name!r} comes from the plugin module {module!r}, which is not loaded; "
+            f"set {PLUGINS_ENV}={module} (with the module importable) or install the plugin"
+        )
+    get_spec(name, where=f"{source}: not an avvp checkpoint record of a registered model: ")
+
+
 def _recognise(state_dict: dict[str, Tensor], path: Path) -> tuple[str, str]:
-    """(model name, key naming 'official' or 'avvp') from the keys."""
+    """(model name, key naming 'official' or 'avvp') from the keys, asking each model with an authors' format."""
     keys = state_dict.keys()
-    if "audio_token" in keys or any(key.startswith("av_mcg.") for key in keys):
-        return "mgn", "official"
-    if any(key.startswith("hat_encoder.") for key in keys):
-        return "han", "official"
-    if "audio_class_tokens" in keys:
-        return "mgn", "avvp"
-    if any(key.startswith("hybrid_attention.") for key in keys):
-        return "han", "avvp"
+    for spec in specs():
+        naming = spec.official.recognise(keys) if spec.official is not None else None
+        if naming is not None:
+            return spec.name, naming
+    known = ", ".join(spec.title for spec in specs() if spec.official is not None)
     sample = ", ".join(list(keys)[:4])
-    raise AvvpError(
-        f"{path}: not an MGN or HAN state dict (no 'audio_token' / 'av_mcg.*' or 'hat_encoder.*' keys); "
-        f"its first keys: {sample}"
-    )
-
-
-def _count_blocks(state_dict: dict[str, Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(match.group(1)) for key in state_dict if (match := pattern.match(key))}
-    return max(indices) + 1 if indices else 0
+    raise AvvpError(f"{path}: not a state dict of a model with a known format ({known}); its first keys: {sample}")
 
 
 def _infer_config(state_dict: dict[str, Tensor], name: str, path: Path) -> dict[str, Any]:
     """The size fields of the config from the shapes of a state dict in our key names."""
+    spec = get_spec(name)
     try:
-        if name == "mgn":
-            return {
-                "dim": int(state_dict["audio_class_tokens"].shape[1]),
-                "depth_audio": _count_blocks(state_dict, "audio_cug.blocks."),
-                "depth_visual": _count_blocks(state_dict, "visual_cug.blocks."),
-                "depth_av": _count_blocks(state_dict, "mcg.blocks."),
-            }
-        return {
-            "dim": int(state_dict["audio_proj.weight"].shape[0]),
-            "ff_dim": int(state_dict["hybrid_attention.ffn.fc1.weight"].shape[0]),
-        }
+        return _official_format(spec).infer_config(state_dict)
     except (KeyError, IndexError) as err:
-        raise AvvpError(f"{path}: cannot tell the {name.upper()} size, weight {err} is missing or malformed") from err
+        raise AvvpError(f"{path}: cannot tell the {spec.title} size, weight {err} is missing or malformed") from err
 
 
 def _load_strict(model: nn.Module, state_dict: dict[str, Tensor], path: Path) -> None:
@@ -449,5 +436,5 @@ def _load_strict(model: nn.Module, state_dict: dict[str, Tensor], path: Path) ->
             more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
             problems.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
     if problems:
-        raise AvvpError(f"{path}: weights do not fit {model.name.upper()} {model.config}: {'; '.join(problems)}")
+        raise AvvpError(f"{path}: weights do not fit {spec_of(model).title} {model.config}: {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=True)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avvp.data.synth import SPLITS, SynthConfig
+from avvp.models.registry import get_spec
 from avvp.utils import format_duration
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class DemoConfig:
         return dataclasses.replace(SynthConfig(), train=self.train, val=self.val, test=self.test, seed=self.seed)
 
     def train_config(self, model: str):
-        from avvp.train import TrainConfig
+        from avvp.training import TrainConfig
 
         return TrainConfig(
             model=model,
@@ -139,7 +140,7 @@ class TimePlan:
         return lambda epoch, mean: (self.epochs - epoch) * mean + later
 
     def text(self) -> str:
-        steps = ", ".join(f"{m.upper()} {1000 * s:.0f} ms" for m, s in self.step_seconds.items())
+        steps = ", ".join(f"{get_spec(m).title} {1000 * s:.0f} ms" for m, s in self.step_seconds.items())
         return (
             f"Time: a training step takes {steps} here (timed now); each model trains at most {self.epochs} epochs: "
             f"at most ~{format_duration(self.training_seconds(list(self.step_seconds)))} of training, less where "
@@ -250,7 +251,7 @@ def run_demo(
         test_predictions: dict[str, dict[str, np.ndarray]] = {}
         for model in MODELS:
             run_dir = staging / "runs" / model
-            rows[model], histories[report.MODEL_TITLES[model]], test_predictions[model] = _train_and_score(
+            rows[model], histories[get_spec(model).title], test_predictions[model] = _train_and_score(
                 model, config, packs, out_dir / "data", run_dir, test_split, test_features, device, progress, plan
             )
         oracle = _oracle_row(test_split)
@@ -286,9 +287,9 @@ def _train_and_score(
     from avvp.inference import save_predictions
     from avvp.metrics import evaluate, parse_predictions
     from avvp.reports import demo as report
-    from avvp.train import train
+    from avvp.training import train
 
-    title = report.MODEL_TITLES[model]
+    title = get_spec(model).title
     print(f"training {title} (at most {config.epochs} epochs on {config.train:,} videos, device {device}) ...")
     result = train(
         config.train_config(model),
@@ -342,14 +343,14 @@ def _write_figures(
         png = figures / f"test_video_{model}.png"
         plot_video_parse(
             png,
-            filename=f"{report.MODEL_TITLES[model]}, {video_filename}",
+            filename=f"{get_spec(model).title}, {video_filename}",
             audio_probs=test_predictions[model]["audio"][index],
             visual_probs=test_predictions[model]["visual"][index],
             gt_audio=test_split.audio[index],
             gt_visual=test_split.visual[index],
             video_probs=test_predictions[model]["video"][index],
         )
-        video_pngs[report.MODEL_TITLES[model]] = f"figures/{png.name}"
+        video_pngs[get_spec(model).title] = f"figures/{png.name}"
     return video_filename, video_pngs
 
 

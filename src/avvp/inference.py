@@ -79,11 +79,13 @@ def predict(
 
     The scores are checked by the one rule (`avvp.scoring.check_scores`): an AvvpError starting with `where` names
     the key and a few of the videos (`names`, the rows of `features`; row numbers when not given) otherwise."""
+    from avvp.models.registry import forward_kwargs
     from avvp.scoring import check_scores
     from avvp.utils import progress_bar
 
     device = torch.device(device)
     model.eval()
+    options = forward_kwargs(model)  # the cross-modal-free form of a run trained in it
     count = len(features.audio)
     outputs: dict[str, list[np.ndarray]] = {key: [] for key in PREDICTION_KEYS}
     starts = range(0, count, batch_size)
@@ -94,7 +96,7 @@ def predict(
             for array in (features.audio, features.res152, features.r2plus1d)
         )
         with autocast(device, precision):
-            result = model(audio, res152, r2plus1d)
+            result = model(audio, res152, r2plus1d, **options)
         for key in PREDICTION_KEYS:
             outputs[key].append(getattr(result, OUTPUT_FIELDS[key]).float().cpu().numpy())
     predictions = {

@@ -13,7 +13,7 @@ from avvp.config import ConfigMixin
 class TrainConfig(ConfigMixin):
     """The training recipe; defaults are the authors' (spec section 3)."""
 
-    model: str = "mgn"  # "mgn" or "han"
+    model: str = "mgn"  # a registered model: "mgn", "han" or a plugin's (`avvp models`)
     epochs: int = 40  # passes over the training split
     batch_size: int = 16  # global batch size (split across processes under torchrun)
     lr: float = 3e-4  # Adam learning rate
@@ -29,10 +29,12 @@ class TrainConfig(ConfigMixin):
     stream: bool = False  # read each batch from disk (DataLoader) instead of holding the train split in memory
     loader_workers: int = 2  # DataLoader worker processes when streaming
     max_train_videos: int | None = None  # use only the first N training videos (smoke tests, demos)
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # MGNConfig / HANConfig fields
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # fields of the model's config (`--model-arg`)
     patience: int | None = None  # early stopping: stop after this many epochs without a better val Type@AV
     min_epochs: int = 0  # early stopping counts epochs without a better val Type@AV only after this many
     modality_labels: str | None = None  # a modality-label file (`avvp refine-labels`): p_a and p_v train on its labels
+    cross_modal: bool = True  # False: train (and later run) the model's cross-modal-free form (`--no-cross-modal`)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # loss term -> weight, overriding its default
 
     def stops_after(self, epoch: int, best_epoch: int) -> bool:
         """Early stopping: whether training ends after `epoch`, the best validation epoch so far being `best_epoch`

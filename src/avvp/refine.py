@@ -38,6 +38,7 @@ from avvp.data.splits import SplitData, load_split_data
 from avvp.data.synth import training_truth
 from avvp.inference import predict
 from avvp.metrics import token_scores
+from avvp.models.registry import forward_kwargs
 from avvp.utils import atomic_write_text, output_path
 
 NO_PARTNER = -1  # a video whose weak labels meet those of every other video keeps its labels
@@ -98,6 +99,7 @@ def exchange_scores(
     partner is scored unexchanged."""
     device = torch.device(device)
     model.eval()
+    options = forward_kwargs(model)  # the cross-modal-free form of a run trained in it
     own = np.arange(len(partners))
     partners = np.where(partners == NO_PARTNER, own, partners)
     parts: list[list[np.ndarray]] = [[] for _ in range(6)]
@@ -109,7 +111,7 @@ def exchange_scores(
             np.concatenate([features.res152[rows], features.res152[rows], features.res152[other]]),
             np.concatenate([features.r2plus1d[rows], features.r2plus1d[rows], features.r2plus1d[other]]),
         )
-        output = model(*(torch.as_tensor(a, dtype=torch.float32, device=device) for a in inputs))
+        output = model(*(torch.as_tensor(a, dtype=torch.float32, device=device) for a in inputs), **options)
         for third in range(3):
             for offset, probs in enumerate((output.p_a, output.p_v)):
                 parts[2 * third + offset].append(probs[third * size : (third + 1) * size].float().cpu().numpy())

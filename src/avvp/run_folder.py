@@ -54,7 +54,7 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
     refused, safe = [], {}
     stored_train, current_train = stored.get("train", {}), current["train"]
     for key, value in current_train.items():
-        if key in stored_train and stored_train[key] != value:
+        if stored_setting(stored_train, key) != value:
             if key in SAFE_ON_RESUME:
                 safe[key] = [stored_train[key], value]
             else:
@@ -63,6 +63,16 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
         if stored.get(key) != current.get(key):
             refused.append(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}")
     return refused, safe
+
+
+def stored_setting(stored_train: dict[str, Any], key: str) -> Any:
+    """A TrainConfig field as a run folder's config.json records it; a key that an older version did not write
+    means the field's default (every setting is compared, including those added since)."""
+    from avvp.recipe import TrainConfig
+
+    if key in stored_train:
+        return stored_train[key]
+    return TrainConfig().to_dict().get(key)
 
 
 def foreign_files(run_dir: Path) -> list[str]:

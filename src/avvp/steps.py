@@ -1,6 +1,6 @@
-"""One optimisation step of the recipe (spec section 3): the loss terms, Adam, and the step itself, eager or
-captured in a CUDA graph. `avvp train` takes every step through `TrainStep`; the tests take the authors' steps
-through it too."""
+"""One optimisation step of the recipe (spec section 3): Adam and the step itself, eager, stacked over runs or
+captured in a CUDA graph; the loss is `avvp.objective.Objective`. `avvp train` takes every step through
+`TrainStep`; the tests take the authors' steps through it too."""
 
 from __future__ import annotations
 
@@ -9,63 +9,18 @@ import warnings
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avvp.data.classes import NUM_CLASSES
 from avvp.distributed import DistributedContext
 from avvp.inference import autocast
-from avvp.models import ParseOutput
+from avvp.models.registry import forward_kwargs, spec_of
+from avvp.objective import Objective
 
 if TYPE_CHECKING:
     from avvp.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
-
-PROB_EPS = 1e-7  # probabilities are clamped to [eps, 1 - eps] before BCE, as in the authors' code
-
-
-def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE (mean over classes) on clamped probabilities: [B, C] -> [B].
-
-    Written out rather than F.binary_cross_entropy (the same value: the clamp keeps the logs above -16.2, inside
-    its -100 floor) because that kernel kills a CUDA process with a device assert on a NaN input; here a NaN
-    reaches the loss sums and `train` stops with a clear error instead.
-    """
-    probs = probs.float().clamp(PROB_EPS, 1 - PROB_EPS)
-    return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs)).mean(dim=1)
-
-
-def loss_targets(labels: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The targets of p_av, p_a and p_v, each [B, 25].
-
-    `labels` are the weak labels y [B, 25] (p_av and p_a against y, p_v against the smoothed 0.9 y + 0.05), or
-    [B, 3, 25] rows (weak, audio, visual) with modality labels (`avvp train --modality-labels`): p_av against the
-    weak labels, p_a against the audio labels, p_v against the smoothed visual labels, except that a weak label
-    removed from the visual labels is a hard 0 there, not the smoothing's 0.05 (as in the authors' code of MA).
-    """
-    if labels.dim() == 2:
-        return labels, labels, config.visual_target_scale * labels + config.visual_target_shift
-    weak, audio, visual = labels.unbind(1)
-    kept = 1 - (weak - visual)  # 0 where a weak label was removed from the visual labels
-    return weak, audio, (config.visual_target_scale * visual + config.visual_target_shift) * kept
-
-
-def compute_losses(output: ParseOutput, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The recipe's loss terms, keyed by what they score: the BCE of the video-level probabilities `p_av`, `p_a`
-    and `p_v` against their targets (`loss_targets`), each [B]; for MGN also the scalar cross-entropies
-    `audio_tokens` and `visual_tokens` of class token i classified as class i."""
-    video_target, audio_target, visual_target = loss_targets(labels, config)
-    losses = {
-        "p_av": clamp_bce(output.p_av, video_target),
-        "p_a": clamp_bce(output.p_a, audio_target),
-        "p_v": clamp_bce(output.p_v, visual_target),
-    }
-    if output.audio_token_logits is not None:
-        token_targets = torch.arange(NUM_CLASSES, device=labels.device)
-        losses["audio_tokens"] = F.cross_entropy(output.audio_token_logits.float(), token_targets)
-        losses["visual_tokens"] = F.cross_entropy(output.visual_token_logits.float(), token_targets)
-    return losses
 
 
 def make_optimizer(model: nn.Module, lr: float, *, capturable: bool = False) -> torch.optim.Optimizer:
@@ -76,16 +31,6 @@ def make_optimizer(model: nn.Module, lr: float, *, capturable: bool = False) -> 
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True, **options)
     except (RuntimeError, TypeError):  # older torch without fused Adam on this device
         return torch.optim.Adam(model.parameters(), lr=lr, **options)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def is_mgn(model: nn.Module) -> bool:
-    return getattr(unwrap(model), "name", "") == "mgn"
 
 
 class TrainStep:
@@ -107,7 +52,9 @@ class TrainStep:
     ) -> None:
         self.model, self.optimizer, self.tensors, self.labels = model, optimizer, tensors, labels
         self.config, self.device, self.precision, self.dist_ctx = config, device, precision, dist_ctx
-        self.keys = ["p_av", "p_a", "p_v"] + (["audio_tokens", "visual_tokens"] if is_mgn(model) else [])
+        self.objective = Objective(spec_of(model).name, config, dist_ctx.world_size)
+        self.keys = self.objective.keys
+        self.forward_kwargs = forward_kwargs(model)  # the cross-modal-free form where the run trains that
         self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
 
     def run(self, index: torch.Tensor, global_size: int, *, cache_autocast: bool = True) -> None:
@@ -128,27 +75,12 @@ class TrainStep:
     ) -> None:
         """Forward, loss, backward and optimiser step on one batch; adds its loss sums to `self.sums`."""
         with autocast(self.device, self.precision, cache_enabled=cache_autocast):
-            output = self.model(audio, res152, r2plus1d)
+            output = self.model(audio, res152, r2plus1d, **self.forward_kwargs)
         loss, totals = self.objective(output, labels, global_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.sums += totals.detach().double()
-
-    def objective(
-        self, output: ParseOutput, labels: torch.Tensor, global_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss to minimise and the batch's per-video loss sums (in the order of `self.keys`)."""
-        losses = compute_losses(output, labels, self.config)
-        # Per-sample terms: sum over the shard / global batch size, times world size because DDP averages
-        # gradients over processes; this equals the mean over the global batch in one process.
-        per_sample = losses["p_av"] + losses["p_a"] + losses["p_v"]
-        loss = per_sample.sum() / global_size * self.dist_ctx.world_size
-        for key in self.keys[3:]:
-            loss = loss + losses[key]
-        local = len(labels)  # per-video sums; a per-step term (class tokens) counts once per video
-        totals = [losses[k].sum() if losses[k].dim() else losses[k] * local for k in self.keys]
-        return loss, torch.stack(totals)
 
     def __call__(self, index: torch.Tensor, global_size: int) -> None:
         self.run(index, global_size)
@@ -182,7 +114,7 @@ class StackedTrainStep:
     def _run_objective(self, weights, audio, res152, r2plus1d, labels, global_size):
         first = self.steps[0]
         with autocast(first.device, first.precision):
-            output = torch.func.functional_call(self.template, weights, (audio, res152, r2plus1d))
+            output = torch.func.functional_call(self.template, weights, (audio, res152, r2plus1d), first.forward_kwargs)
         return first.objective(output, labels, global_size)
 
     def __call__(self, indices: list[torch.Tensor], global_size: int) -> None:
@@ -271,6 +203,10 @@ class GraphedTrainStep:
 
     def take_sums(self) -> dict[str, float]:
         return self.eager.take_sums()
+
+    @property
+    def objective(self) -> Objective:
+        return self.eager.objective
 
 
 def time_train_step(config: TrainConfig, device: torch.device, *, warmup: int = 2, timed: int = 3) -> float:

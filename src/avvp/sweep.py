@@ -29,11 +29,12 @@ from typing import Any
 
 from avvp.data.modality_labels import file_sha256
 from avvp.errors import AvvpError
-from avvp.models import make_config, model_size, paper_table_configs
+from avvp.models import model_size, paper_table_configs
+from avvp.models.registry import config_to_dict, get_spec, make_config
 from avvp.reports.tables import ResultRow, RunSummary
-from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, PidLock, read_run_record
-from avvp.train import LOCK_NAME as TRAIN_LOCK
-from avvp.train import TrainConfig
+from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, PidLock, read_run_record, stored_setting
+from avvp.training import LOCK_NAME as TRAIN_LOCK
+from avvp.training import TrainConfig
 from avvp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,6 @@ ASSIGN_TITLES = {"soft": "Softmax", "hard": "Hard-Softmax"}
 # deleted by a restart.
 TEST_PREDICTIONS = "test_pred.npz"  # predictions of the best checkpoint on test, cached by `avvp plot recall`
 LOCK_NAME = ".sweep.lock"
-# Models whose seeds `--stack` trains together. Not HAN: torch's nn.MultiheadAttention under vmap copies each run's
-# projection weights once per segment, which made a stacked HAN step 3x slower on CPU (bench/README.md, "Sweeps").
-STACKED_MODELS = ("mgn",)
 
 
 @dataclass(frozen=True)
@@ -203,14 +201,16 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[
     changed = [
         key
         for key, value in run.train.to_dict().items()
-        if key != "model_overrides" and key in stored_train and stored_train[key] != value
+        if key != "model_overrides" and stored_setting(stored_train, key) != value
     ]
     fewer_epochs = "epochs" in changed and run.train.epochs < stored_train["epochs"]  # train would refuse it late
     safe = [key for key in changed if key in SAFE_ON_RESUME and not (key == "epochs" and fewer_epochs)]
     differences = [
-        f"{key}={stored_train.get(key)!r} (sweep: {getattr(run.train, key)!r})" for key in changed if key not in safe
+        f"{key}={stored_setting(stored_train, key)!r} (sweep: {getattr(run.train, key)!r})"
+        for key in changed
+        if key not in safe
     ]
-    model_config = make_config(run.train.model, **run.train.model_overrides).to_dict()
+    model_config = config_to_dict(make_config(run.train.model, **run.train.model_overrides))
     stored_model = stored.get("model", {}).get("config")
     if stored_model != model_config:
         differences.append(f"model config {stored_model} (sweep: {model_config})")
@@ -280,7 +280,7 @@ def run_sweep(
 ) -> SweepReport:
     """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in worker
     processes (`avvp.workers`) with their logs in OUT/logs/. With `stack`, the unfinished seeds of each MGN row are
-    one job, trained together as one stacked model (`avvp.train.train_stacked`). A failed job is reported and the
+    one job, trained together as one stacked model (`avvp.training.train_stacked`). A failed job is reported and the
     others go on."""
     from avvp.utils import progress_bar
 
@@ -356,7 +356,7 @@ def make_jobs(todo: Sequence[tuple[PlannedRun, str]], stack: bool, report: Sweep
     resumed in `report`."""
     groups: dict[str, list[tuple[PlannedRun, str]]] = {}
     for run, status in todo:
-        stacked = stack and run.train.model in STACKED_MODELS
+        stacked = stack and get_spec(run.train.model).stackable
         groups.setdefault(run.config.name if stacked else run.name, []).append((run, status))
     jobs = []
     for group in groups.values():
@@ -378,7 +378,7 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
     """Train a job: a single run as `avvp train` would (raising AvvpError if it fails), several together with
     `train_stacked`. If a stacked job stops on an error, its unfinished runs go on one at a time, so that one bad
     run fails alone; returns why each run that failed did (run name -> reason)."""
-    from avvp.train import train, train_stacked
+    from avvp.training import train, train_stacked
 
     def alone(run: PlannedRun, resume: bool) -> None:
         train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device, resume=resume)
@@ -434,7 +434,11 @@ def train_command(run: PlannedRun, features: Path, annotations: Path, device: st
     if config.patience is not None:
         command += ["--patience", str(config.patience), "--min-epochs", str(config.min_epochs)]
     for key, value in config.model_overrides.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        command += ["--model-arg", f"{key}={value}"]
+    if not config.cross_modal:
+        command.append("--no-cross-modal")
+    for name, weight in config.loss_weights.items():
+        command += ["--loss-weight", f"{name}={weight!r}"]
     if config.modality_labels is not None:
         command += ["--modality-labels", config.modality_labels]
     if resume:

@@ -52,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in subparsers.choices.values():
         # `avvp COMMAND --verbose` works as well as `avvp --verbose COMMAND`.
         subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Flags must be spelled out (`--unimodal` is no longer only `--unimodal-assign`): on every (sub)parser."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _no_abbreviations(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:

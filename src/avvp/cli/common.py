@@ -112,29 +112,60 @@ def add_assign_args(parser: argparse.ArgumentParser) -> None:
         )
 
 
+# Model flags of MGN's and HAN's config fields (`--model-arg KEY=VALUE` sets any field of any registered model).
+MODEL_FLAGS: tuple[tuple[str, type | None, list[str] | None, str], ...] = (
+    ("dim", int, None, "model width (MGN default 128, HAN 512)"),
+    ("depth_audio", int, None, "MGN: SelfBlocks in the audio CUG (default 3)"),
+    ("depth_visual", int, None, "MGN: SelfBlocks in the visual CUG (default 3)"),
+    ("depth_av", int, None, "MGN: SelfBlocks in the MCG (default 6)"),
+    ("unimodal_assign", None, ["soft", "hard"], "MGN: CUG assignment (default soft)"),
+    ("crossmodal_assign", None, ["soft", "hard"], "MGN: MCG assignment (default soft)"),
+    ("drop_path", float, None, "MGN: stochastic depth rate (default 0.1)"),
+    ("dropout", float, None, "HAN: dropout rate (default 0.1)"),
+)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Model configuration flags (MGN fields; `--dim` applies to HAN too)."""
+    """Model configuration flags: MGN's and HAN's fields by name, and `--model-arg KEY=VALUE` for any model's."""
     group = parser.add_argument_group("model", "model configuration (defaults: the papers')")
-    group.add_argument("--dim", type=int, help="model width (MGN default 128, HAN 512)")
-    group.add_argument("--depth-audio", type=int, help="MGN: SelfBlocks in the audio CUG (default 3)")
-    group.add_argument("--depth-visual", type=int, help="MGN: SelfBlocks in the visual CUG (default 3)")
-    group.add_argument("--depth-av", type=int, help="MGN: SelfBlocks in the MCG (default 6)")
-    group.add_argument("--unimodal-assign", choices=["soft", "hard"], help="MGN: CUG assignment (default soft)")
-    group.add_argument("--crossmodal-assign", choices=["soft", "hard"], help="MGN: MCG assignment (default soft)")
-    group.add_argument("--drop-path", type=float, help="MGN: stochastic depth rate (default 0.1)")
-    group.add_argument("--dropout", type=float, help="HAN: dropout rate (default 0.1)")
+    for name, kind, choices, text in MODEL_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=text)
+    group.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a field of the model's config, e.g. --model-arg hidden=64 for a plugin's model (repeatable; the "
+        "value is converted to the field's type; `avvp models` lists each model's fields)",
+    )
 
 
 def model_overrides(args: argparse.Namespace, model: str) -> dict:
-    """The model flags that were given, as config overrides (MGN-only flags rejected for HAN)."""
-    names = ["dim", "depth_audio", "depth_visual", "depth_av", "unimodal_assign", "crossmodal_assign", "drop_path"]
-    names.append("dropout")
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    other = sorted(set(given) - {"dim", "dropout"}) if model == "han" else sorted(set(given) & {"dropout"})
+    """The model flags that were given, as config overrides; a flag of a field the model lacks is an error."""
+    from avvp.models.registry import config_fields, get_spec, parse_model_args
+
+    spec = get_spec(model, where="--model: ")
+    given = {name: getattr(args, name) for name, *_ in MODEL_FLAGS if getattr(args, name, None) is not None}
+    other = sorted(set(given) - set(config_fields(spec)))
     if other:
         flags = ", ".join("--" + n.replace("_", "-") for n in other)
-        raise AvvpError(f"{flags}: not an option of {model.upper()}")
-    return given
+        raise AvvpError(f"{flags}: not an option of {spec.title}")
+    return given | parse_model_args(model, getattr(args, "model_arg", []))
+
+
+def parse_loss_weights(items: list[str]) -> dict[str, float]:
+    """`--loss-weight NAME=W` items as {term: weight} (checked against the model's terms when training starts)."""
+    weights = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or not weight >= 0:
+            raise AvvpError(f"--loss-weight {item!r}: expected NAME=W with a weight W >= 0, e.g. audio_tokens=0.5")
+        weights[name.strip()] = weight
+    return weights
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:

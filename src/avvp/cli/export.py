@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from avvp.checkpoint import export_official, load_model, save_checkpoint
     from avvp.models import count_parameters
+    from avvp.models.registry import config_to_dict, spec_of
 
     out = Path(args.out)
     if args.official and out.suffix == ".safetensors":
@@ -39,20 +40,19 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model(
         args.checkpoint, unimodal_assign=args.unimodal_assign, crossmodal_assign=args.crossmodal_assign
     )
+    spec = spec_of(model)
     if args.official:
         export_official(model, out)
-        if model.name == "mgn":
-            log.info(
-                "the authors' format does not record the assignment kinds: run it with unimodal %s, crossmodal %s",
-                model.config.unimodal_assign,
-                model.config.crossmodal_assign,
-            )
+        unrecorded = spec.official.unrecorded if spec.official else ()
+        if unrecorded:
+            settings = ", ".join(f"{key} {getattr(model.config, key)}" for key in unrecorded)
+            log.info("the authors' format does not record %s: run it with %s", ", ".join(unrecorded), settings)
     else:
         metadata = dict(info["metadata"])
         metadata["converted_from"] = {"path": str(args.checkpoint), "format": info["format"]}
         if info["dropped_keys"]:
             metadata["converted_from"]["dropped_keys"] = len(info["dropped_keys"])
         save_checkpoint(out, model, metadata=metadata)
-    config = ", ".join(f"{key} {value}" for key, value in model.config.to_dict().items())
-    print(f"wrote {out}: {model.name.upper()} ({config}), {count_parameters(model):,} parameters")
+    config = ", ".join(f"{key} {value}" for key, value in config_to_dict(model.config).items())
+    print(f"wrote {out}: {spec.title} ({config}), {count_parameters(model):,} parameters")
     return 0

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from avvp.cli.common import resolve_device
     from avvp.data.classes import CLASSES
     from avvp.errors import AvvpError
+    from avvp.models.registry import get_spec
     from avvp.reports.timeline import plot_timeline
     from avvp.utils import atomic_path
     from avvp.video.parse import parse_video
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         crossmodal_assign=args.crossmodal_assign,
     )
 
-    title = f"{video_path.name} ({result.num_seconds} s), {result.model.upper()} {Path(args.checkpoint).name}"
+    title = f"{video_path.name} ({result.num_seconds} s), {get_spec(result.model).title} {Path(args.checkpoint).name}"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "timeline.png") as png_tmp, atomic_path(out / "parse.json") as json_tmp:
         plot_timeline(png_tmp, result.events, result.num_seconds, title, CLASSES, random_weights=source.random)
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     events = result.events
     flag = "  [RANDOM WEIGHTS: not a real parse]" if source.random else ""
     audio_note = "" if result.has_audio else ", no audio track (parsed as silence)"
-    print(f"{video_path.name}: {result.duration:.1f} s{audio_note}, {result.model.upper()}, {len(events)} events{flag}")
+    print(
+        f"{video_path.name}: {result.duration:.1f} s{audio_note}, {get_spec(result.model).title}, {len(events)} events{flag}"
+    )
     for event in events[:20]:
         name = event.class_name.replace("_", " ")
         print(f"  {event.onset:>5d}-{event.offset:<5d}s  {name:<24s} {event.modality:<13s} {event.confidence:.2f}")

@@ -87,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(summary: dict) -> str:
     """What a refinement did, in a few lines."""
+    from avvp.models.registry import get_spec
+
     labels, removed = summary["labels"], summary["removed"]
     rate = 3 * summary["videos"] / summary["exchange_seconds"] if summary["exchange_seconds"] else float("inf")
     share = {modality: 100 * removed[modality] / max(labels, 1) for modality in removed}
     lines = [
         (
             f"{summary['split']}: {summary['videos']:,} videos, {labels:,} weak labels, refined by "
-            f"{summary['model'].upper()} in {summary['exchange_seconds']:.1f} s ({rate:,.0f} videos scored per "
+            f"{get_spec(summary['model']).title} in {summary['exchange_seconds']:.1f} s ({rate:,.0f} videos scored per "
             "second, 3 per video)"
         ),
         (

@@ -12,6 +12,7 @@ from avvp.cli.common import (
     add_model_args,
     early_stopping_from_args,
     model_overrides,
+    parse_loss_weights,
     resolve_annotations,
 )
 from avvp.recipe import TrainConfig
@@ -20,13 +21,17 @@ from avvp.recipe import TrainConfig
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train MGN or HAN (authors' recipe by default)",
-        description="Train MGN or HAN on the LLP train split, validate every epoch with the official metrics, keep "
-        "the best epoch by validation segment-level Type@AV and score it on test. Launch under torchrun "
-        "(`torchrun --nproc_per_node N -m avvp train ...`) for multi-GPU / multi-process training.",
+        help="train MGN, HAN or a plugin's model (authors' recipe by default)",
+        description="Train a registered model (MGN, HAN, or a plugin's: `avvp models`) on the LLP train split, "
+        "validate every epoch with the official metrics, keep the best epoch by validation segment-level Type@AV and "
+        "score it on test. Launch under torchrun (`torchrun --nproc_per_node N -m avvp train ...`) for multi-GPU / "
+        "multi-process training.",
     )
     parser.add_argument(
-        "--model", choices=["mgn", "han"], default=TrainConfig().model, help="which model (default: %(default)s)"
+        "--model",
+        default=TrainConfig().model,
+        help="a registered model: mgn, han, or a plugin's (found through $AVVP_PLUGINS or an installed package; "
+        "`avvp models` lists them) (default: %(default)s)",
     )
     parser.add_argument(
         "--features",
@@ -100,6 +105,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "before; the file's SHA-256 is recorded in config.json and --resume refuses another file",
     )
     parser.add_argument(
+        "--no-cross-modal",
+        action="store_true",
+        help="train the model's cross-modal-free form (HAN without its cross-modal attention, MGN without the audio "
+        "CUG's grouping with the visual segments: p_a and p_v each see one modality); recorded in config.json and "
+        "the checkpoints, so validation, test, predict, evaluate and refine-labels run that form too",
+    )
+    parser.add_argument(
+        "--loss-weight",
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="weight of a loss term (repeatable): p_av, p_a, p_v, and the model's own (MGN: audio_tokens, "
+        "visual_tokens); default: each term's own (the authors' weights, all 1). A term of weight 0 is not "
+        "computed. Recorded in config.json",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last epoch, with the settings it was trained with: any other "
@@ -130,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loader_workers=args.loader_workers,
         max_train_videos=args.max_train_videos,
         model_overrides=model_overrides(args, args.model),
+        cross_modal=not args.no_cross_modal,
+        loss_weights=parse_loss_weights(args.loss_weight),
         modality_labels=str(Path(args.modality_labels).resolve()) if args.modality_labels else None,
         **early_stopping_from_args(args),
     )
@@ -137,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from avvp.cli.common import resolve_device
-    from avvp.train import train
+    from avvp.training import train
 
     config = config_from_args(args)
     result = train(

@@ -1,21 +1,42 @@
-"""The models: MGN and HAN, their configurations, their one output type and a tiny registry.
+"""The models: their one output type, MGN's and HAN's configurations and their registration.
 
 The configurations and `ParseOutput` live here (no torch import at module level, so `import avvp.models`
-stays light); the nn.Modules live in `mgn.py` and `han.py`, built from the blocks in `layers.py`.
+stays light); the nn.Modules live in `mgn.py` and `han.py`, built from the blocks in `layers.py`; the registry that
+every other module asks about a model is `registry.py`, and MGN and HAN register at the bottom of this file exactly
+as a plugin would.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from avvp.config import ConfigMixin
 from avvp.errors import AvvpError
+from avvp.models.registry import (
+    LossTerm,
+    config_to_dict,
+    create_model,
+    get_spec,
+    list_models,
+    make_config,
+    register_model,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-MODEL_NAMES = ("mgn", "han")
+__all__ = [
+    "HANConfig",
+    "MGNConfig",
+    "ParseOutput",
+    "config_to_dict",
+    "create_model",
+    "list_models",
+    "make_config",
+    "register_model",
+]
+
 ASSIGN_KINDS = ("soft", "hard")
 
 
@@ -36,6 +57,7 @@ class ParseOutput:
     visual_token_logits: Tensor | None = None  # MGN: [25, 25] class head on the visual class tokens
     audio_maps: Tensor | None = None  # MGN: [B, 25, 10] audio class-grouping map used for `audio`
     visual_maps: Tensor | None = None  # MGN: [B, 25, 10] visual class-grouping map used for `visual`
+    extras: dict[str, Tensor] = field(default_factory=dict)  # any other tensors a model hands to its loss terms
 
 
 def _check_positive(config: Any, *names: str) -> None:
@@ -89,31 +111,6 @@ class HANConfig(ConfigMixin):
             raise AvvpError(f"HANConfig.dropout must be in [0, 1), not {self.dropout!r}")
 
 
-CONFIGS: dict[str, type[ConfigMixin]] = {"mgn": MGNConfig, "han": HANConfig}
-
-
-def make_config(name: str, **overrides: Any) -> MGNConfig | HANConfig:
-    """The resolved config of model `name` with `overrides` applied (unknown names / keys are errors)."""
-    if name not in CONFIGS:
-        raise AvvpError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return CONFIGS[name].from_dict(overrides)
-
-
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build model `name` ('mgn' or 'han') with the default config plus `overrides`, freshly initialised.
-
-    The model carries `model.name` and its resolved `model.config`.
-    """
-    config = make_config(name, **overrides)
-    if name == "mgn":
-        from avvp.models.mgn import MGN
-
-        return MGN(config)
-    from avvp.models.han import HAN
-
-    return HAN(config)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (each tensor element counted once)."""
     return sum(parameter.numel() for parameter in model.parameters())
@@ -143,8 +140,8 @@ class ModelSize:
 def model_size(name: str, **overrides: Any) -> ModelSize:
     """Parameters of a configuration, counted on a model built on the meta device (no memory, no init work).
 
-    HAN also gets the count of the authors' released checkpoint, which holds modules its forward never uses
-    (the paper's 36 MB counts those).
+    A model whose authors' checkpoint holds modules its forward never uses (HAN: the paper's 36 MB counts them)
+    also gets the count of that released checkpoint.
     """
     import math
 
@@ -152,11 +149,10 @@ def model_size(name: str, **overrides: Any) -> ModelSize:
 
     with torch.device("meta"):
         parameters = count_parameters(create_model(name, **overrides))
-    if name != "han":
+    official = get_spec(name).official
+    if official is None or official.unused_shapes is None:
         return ModelSize(parameters)
-    from avvp.models.han import official_unused_shapes
-
-    unused = sum(math.prod(shape) for shape in official_unused_shapes(make_config(name, **overrides)).values())
+    unused = sum(math.prod(shape) for shape in official.unused_shapes(make_config(name, **overrides)).values())
     return ModelSize(parameters, released_parameters=parameters + unused)
 
 
@@ -188,3 +184,44 @@ def model_size_table() -> list[tuple[str, str, dict[str, Any], ModelSize, float]
         (label, name, dict(overrides), model_size(name, **overrides), paper_mb)
         for label, name, overrides, paper_mb in _PAPER_TABLE
     ]
+
+
+# ------------------------------------------------------------------------------------------------ registration
+# MGN and HAN register through the public `register_model`, as any plugin does; their factories are named by
+# module path, so that looking them up imports no torch.
+from avvp.models.official import HAN_FORMAT, MGN_FORMAT
+
+register_model(
+    "mgn",
+    config=MGNConfig,
+    factory="avvp.models.mgn:MGN",
+    title="MGN",
+    official=MGN_FORMAT,
+    loss_terms=(
+        LossTerm(
+            "audio_tokens", "avvp.objective:audio_token_loss", per="step", about="CE of audio class token i as class i"
+        ),
+        LossTerm(
+            "visual_tokens",
+            "avvp.objective:visual_token_loss",
+            per="step",
+            about="CE of visual class token i as class i",
+        ),
+    ),
+    validation_record="avvp.metrics:class_token_record",
+    stackable=True,
+    cross_modal_free=True,
+    about="Multi-modal Grouping Network (Mo & Tian, NeurIPS 2022)",
+)
+register_model(
+    "han",
+    config=HANConfig,
+    factory="avvp.models.han:HAN",
+    title="HAN",
+    official=HAN_FORMAT,
+    # Not stackable: torch's nn.MultiheadAttention under vmap copies each run's projection weights once per
+    # segment, which made a stacked HAN step 3x slower on CPU (bench/README.md, "Sweeps").
+    stackable=False,
+    cross_modal_free=True,
+    about="Hybrid Attention Network (Tian et al., ECCV 2020)",
+)

@@ -28,21 +28,25 @@ class HybridAttentionLayer(nn.Module):
         self.drop_cross = nn.Dropout(dropout)
         self.drop_self = nn.Dropout(dropout)
 
-    def forward(self, query: Tensor, other: Tensor) -> Tensor:
-        """query [B, T, C] attends to itself and to `other` [B, T, C] -> [B, T, C]."""
-        cross, _ = self.cross_attn(query, other, other, need_weights=False)
+    def forward(self, query: Tensor, other: Tensor | None) -> Tensor:
+        """query [B, T, C] attends to itself and to `other` [B, T, C] (None: to itself only) -> [B, T, C]."""
+        residual = query
+        if other is not None:  # (first, as the authors' code: the dropout draws keep their order)
+            cross, _ = self.cross_attn(query, other, other, need_weights=False)
+            residual = residual + self.drop_cross(cross)
         attended, _ = self.self_attn(query, query, query, need_weights=False)
-        query = self.norm1(query + self.drop_cross(cross) + self.drop_self(attended))
+        query = self.norm1(residual + self.drop_self(attended))
         return self.norm2(query + self.ffn(query))
 
 
 class HAN(nn.Module):
     """HAN; `forward(audio, res152, r2plus1d)` returns a `ParseOutput`.
 
-    PyTorch's default initialisation is kept, as in the authors' code.
+    PyTorch's default initialisation is kept, as in the authors' code. Its cross-modal-free form
+    (`cross_modal=False`) drops the cross-modal attention term of the hybrid attention layer (the noise estimator of
+    JoMoLD): each modality's segments attend to themselves only, so p_a and the audio segments see the audio alone,
+    p_v and the visual ones the visual alone; the modality attention still fuses both into p_av.
     """
-
-    name = "han"
 
     def __init__(self, config: HANConfig | None = None) -> None:
         super().__init__()
@@ -55,13 +59,13 @@ class HAN(nn.Module):
         self.visual_fusion = VisualFusion(dim)
         self.hybrid_attention = HybridAttentionLayer(config)
 
-    def forward(self, audio: Tensor, res152: Tensor, r2plus1d: Tensor) -> ParseOutput:
+    def forward(self, audio: Tensor, res152: Tensor, r2plus1d: Tensor, cross_modal: bool = True) -> ParseOutput:
         """audio [B, 10, 128], res152 [B, 80 or 10, 2048], r2plus1d [B, 10, 512] -> probabilities."""
         check_inputs(audio, res152, r2plus1d)
         audio_segments = self.audio_proj(audio)  # [B, T, C]
         visual_segments = self.visual_fusion(res152, r2plus1d)  # [B, T, C]
-        audio_out = self.hybrid_attention(audio_segments, visual_segments)  # [B, T, C]
-        visual_out = self.hybrid_attention(visual_segments, audio_segments)  # [B, T, C]
+        audio_out = self.hybrid_attention(audio_segments, visual_segments if cross_modal else None)  # [B, T, C]
+        visual_out = self.hybrid_attention(visual_segments, audio_segments if cross_modal else None)  # [B, T, C]
 
         features = torch.stack([audio_out, visual_out], dim=2)  # [B, T, 2, C]
         # The pooling runs in float32 from the logits, also under bf16 autocast (see ParseOutput).
@@ -76,33 +80,3 @@ class HAN(nn.Module):
             audio=segment_probs[:, :, 0],  # [B, T, 25]
             visual=segment_probs[:, :, 1],  # [B, T, 25]
         )
-
-
-def official_unused_shapes(config: HANConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the modules the authors' MMIL_Net holds but its forward never uses, in their file order.
-
-    They make the released checkpoint about twice the size of the model (the paper's 36 MB); import drops them
-    and export writes placeholders so the authors' strict `load_state_dict` accepts our weights.
-    """
-    dim, ff = config.dim, config.ff_dim
-    layer = {
-        "self_attn.in_proj_weight": (3 * dim, dim),
-        "self_attn.in_proj_bias": (3 * dim,),
-        "self_attn.out_proj.weight": (dim, dim),
-        "self_attn.out_proj.bias": (dim,),
-        "linear1.weight": (ff, dim),
-        "linear1.bias": (ff,),
-        "linear2.weight": (dim, ff),
-        "linear2.bias": (dim,),
-        "norm1.weight": (dim,),
-        "norm1.bias": (dim,),
-        "norm2.weight": (dim,),
-        "norm2.bias": (dim,),
-    }
-    norms = {"norm1.weight": (dim,), "norm1.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,)}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for encoder in ("audio_encoder", "visual_encoder", "cmt_encoder"):
-        shapes.update({f"{encoder}.layers.0.{key}": shape for key, shape in layer.items()})
-    shapes.update({f"cmt_encoder.{key}": shape for key, shape in norms.items()})
-    shapes.update({f"hat_encoder.{key}": shape for key, shape in norms.items()})
-    return shapes

@@ -48,7 +48,7 @@ class ClassAwareGrouping(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         segments, class_tokens = tokens[:, :num_segments], tokens[:, num_segments:]
-        if self.visual_grouping is not None:
+        if self.visual_grouping is not None and visual_segments is not None:  # None: the cross-modal-free form
             segments, _ = self.visual_grouping(segments, visual_segments)  # [B, T, C]
         return self.class_grouping(segments, class_tokens)
 
@@ -72,9 +72,13 @@ class CrossModalGrouping(nn.Module):
 
 
 class MGN(nn.Module):
-    """MGN; `forward(audio, res152, r2plus1d)` returns a `ParseOutput`."""
+    """MGN; `forward(audio, res152, r2plus1d)` returns a `ParseOutput`.
 
-    name = "mgn"
+    Its cross-modal-free form (`cross_modal=False`) skips the audio CUG's grouping with the visual segments, the one
+    place where one modality enters the other's class tokens: p_a, the audio segments and their maps then see the
+    audio alone, p_v and the visual ones the visual alone. The MCG still fuses both into p_av, whose job that is
+    (as HAN's modality attention does in its cross-modal-free form).
+    """
 
     def __init__(self, config: MGNConfig | None = None) -> None:
         super().__init__()
@@ -93,14 +97,16 @@ class MGN(nn.Module):
         self.class_head = nn.Linear(dim, NUM_CLASSES)  # class token -> its class (token loss)
         self.apply(init_weights)
 
-    def forward(self, audio: Tensor, res152: Tensor, r2plus1d: Tensor) -> ParseOutput:
+    def forward(self, audio: Tensor, res152: Tensor, r2plus1d: Tensor, cross_modal: bool = True) -> ParseOutput:
         """audio [B, 10, 128], res152 [B, 80 or 10, 2048], r2plus1d [B, 10, 512] -> probabilities."""
         check_inputs(audio, res152, r2plus1d)
         audio_segments = self.audio_proj(audio)  # [B, T, C]
         visual_segments = self.visual_fusion(res152, r2plus1d)  # [B, T, C]
 
         visual_tokens, visual_maps = self.visual_cug(visual_segments, self.visual_class_tokens)  # [B, 25, C]
-        audio_tokens, audio_maps = self.audio_cug(audio_segments, self.audio_class_tokens, visual_segments)
+        audio_tokens, audio_maps = self.audio_cug(
+            audio_segments, self.audio_class_tokens, visual_segments if cross_modal else None
+        )
         av_tokens = self.mcg(audio_tokens, visual_tokens)  # [B, 25, C]
 
         # Video level, in float32 from the logits (under bf16 autocast a bf16 sigmoid rounds p > ~0.998 to 1).

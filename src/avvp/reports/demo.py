@@ -15,7 +15,6 @@ from typing import Any
 from avvp.metrics import LEVELS, TRACK_TITLES, TRACKS
 from avvp.models import ModelSize
 
-MODEL_TITLES = {"han": "HAN", "mgn": "MGN"}
 ORACLE_TITLE = "broadcast oracle"
 LEVEL_TITLES = {"segment": "Segment-level", "event": "Event-level"}
 SHORT_TRACK_TITLES = {"audio": "A", "visual": "V", "audio_visual": "AV", "type": "Type", "event": "Event"}

@@ -32,7 +32,7 @@ class VideoParse:
     num_seconds: int  # L: the seconds that were parsed
     has_audio: bool  # False: no audio track, parsed as silence
     random_weights: bool  # the feature networks were untrained: not a real parse
-    model: str  # 'mgn' or 'han'
+    model: str  # the registered model's name, e.g. 'mgn'
     checkpoint: str  # the checkpoint, as given
     checkpoint_format: str  # 'avvp' or the authors' format, as `load_model` reports it
     stride: int  # seconds between the starts of successive windows

@@ -43,8 +43,10 @@ from avvp.distributed import (
 )
 from avvp.errors import AvvpError
 from avvp.inference import predict, resolve_precision
-from avvp.metrics import Scores, evaluate, format_scores, parse_predictions, token_scores
-from avvp.models import count_parameters, create_model
+from avvp.metrics import Scores, evaluate, format_scores, parse_predictions
+from avvp.models import count_parameters
+from avvp.models.registry import config_to_dict, create_model, resolve, spec_of
+from avvp.objective import resolve_weights
 from avvp.recipe import TrainConfig
 from avvp.run_folder import LABELS_HASH, PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
 from avvp.steps import GraphedTrainStep, StackedTrainStep, TrainStep, make_optimizer
@@ -297,7 +299,8 @@ def _set_up(
             data = _load_data(config, features, annotations, val_features, skip_bad_rows, ctx)
         train_data, val_data = data
         torch.manual_seed(config.seed)  # the same initial weights on every process
-        model = create_model(config.model, **config.model_overrides).to(device)
+        model = create_model(config.model, cross_modal=config.cross_modal, **config.model_overrides).to(device)
+        resolve_weights(config.model, config.loss_weights)  # an unknown loss term stops the run before its folder
         seed_noise(config.seed, ctx)
         optimizer = make_optimizer(model, config.lr, capturable=config.cuda_graphs and device.type == "cuda")
         run = _Run(
@@ -481,7 +484,8 @@ def _run_record(run: _Run) -> dict[str, Any]:
     record = {
         "avvp_version": __version__,
         "train": run.config.to_dict(),
-        "model": {"name": run.config.model, "config": run.model.config.to_dict()},
+        "model": {"name": run.config.model, "config": config_to_dict(run.model.config)},
+        "model_module": spec_of(run.model).module,
         "features": str(run.features.resolve()),
         "annotations": str(run.annotations.resolve()),
         "device": str(run.device),
@@ -513,7 +517,10 @@ def _make_stepper(run: _Run) -> TrainStep | GraphedTrainStep:
         step_model = torch.compile(step_model)
     if run.ctx.enabled:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
-        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=device_ids)
+        # The cross-modal-free form leaves the cross-modal modules without gradients: DDP must not wait for them.
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=device_ids, find_unused_parameters=not run.config.cross_modal
+        )
     stepper = TrainStep(step_model, run.optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
     return GraphedTrainStep.create(stepper) if run.config.cuda_graphs else stepper
 
@@ -558,7 +565,7 @@ def _end_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float]:
         )
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
-    return _mean_losses(sums, count, ctx), lr
+    return _mean_losses(sums, count, ctx, run.stepper), lr
 
 
 def _streamed(run: _Run, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
@@ -575,12 +582,14 @@ def _streamed(run: _Run, batches: list[torch.Tensor]) -> torch.utils.data.DataLo
     )
 
 
-def _mean_losses(sums: dict[str, float], count: int, ctx: DistributedContext) -> dict[str, float]:
-    """Mean of each loss term over the epoch's videos (summed over processes), and their `total`."""
+def _mean_losses(
+    sums: dict[str, float], count: int, ctx: DistributedContext, stepper: TrainStep | GraphedTrainStep
+) -> dict[str, float]:
+    """Mean of each loss term over the epoch's videos (summed over processes), and `total`, their weighted sum."""
     keys = sorted(sums)
     values = sum_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64), ctx)
     means = {k: float(v) / count for k, v in zip(keys, values)}
-    means["total"] = sum(means.values())
+    means["total"] = stepper.objective.total(means)
     return means
 
 
@@ -604,8 +613,9 @@ def _validate(
     if run.resumed_changes:  # the first epoch after a resume that changed safe settings says so
         record["resumed"] = {"after_epoch": run.start_epoch - 1, "changed": run.resumed_changes}
         run.resumed_changes = {}
-    if run.config.model == "mgn":  # its grouped class tokens against the val truth (Figure 2)
-        record["tokens"] = _token_record(predictions, run.val_data)
+    validation_record = spec_of(run.model).validation_record  # e.g. MGN's class tokens against the truth (Figure 2)
+    if validation_record is not None:
+        record |= resolve(validation_record)(predictions, run.val_data.split)
     _append_jsonl(run.metrics_path, record)
     type_score = scores.segment["type"]
     message = (
@@ -707,17 +717,6 @@ def score_split(
     )
     pred_audio, pred_visual = parse_predictions(predictions["audio"], predictions["visual"], predictions["video"])
     return evaluate(pred_audio, pred_visual, split.audio, split.visual), predictions
-
-
-def _token_record(predictions: dict[str, np.ndarray], data: SplitData) -> dict[str, Any]:
-    """Precision, recall and F1 of the audio and visual class tokens on a split with dense truth (metrics.jsonl)."""
-    split = data.split
-    return {
-        "split": split.name,
-        "definition": "per video: token c found when p >= 0.5, right when c is in that modality's truth",
-        "audio": token_scores(predictions["audio_video"], split.audio),
-        "visual": token_scores(predictions["visual_video"], split.visual),
-    }
 
 
 def _rng_state(run: _Run) -> dict[str, Any]:
