@@ -52,6 +52,47 @@ def test_a_failing_job_and_a_dying_worker_fail_only_their_job(tmp_path) -> None:
     assert "error: this job is bad" in (tmp_path / "bad.log").read_text()
 
 
+_SETUP: dict[str, str] = {}  # what the initializer left in a worker
+
+
+def _setup(mark_file: str, tag: str) -> None:
+    """The tests' initializer: records its worker's pid (once per call) and leaves `tag` for the jobs."""
+    with open(mark_file, "a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    _SETUP["tag"] = tag
+
+
+def _tagged(job: str, device: str) -> tuple[str | None, int]:
+    return _SETUP.get("tag"), os.getpid()
+
+
+def _broken_setup() -> None:
+    raise ModuleNotFoundError("No module named 'gone'\nmore lines")
+
+
+def test_the_initializer_runs_once_in_each_worker_before_its_jobs(tmp_path) -> None:
+    marks = tmp_path / "initialised"
+    outcomes: dict[str, tuple] = {}
+    jobs = [(f"job-{i}", f"job-{i}", tmp_path / f"job-{i}.log") for i in range(6)]
+    run_in_workers(jobs, _tagged, ["cpu", "cpu"], 1, lambda key, *outcome: outcomes.__setitem__(key, outcome),
+                   initializer=_setup, initargs=(str(marks), "ready"))  # fmt: skip
+    assert all(reason is None and result[0] == "ready" for result, reason in outcomes.values()), outcomes
+    initialised = marks.read_text().split()
+    assert len(initialised) == 2 and {str(result[1]) for result, _ in outcomes.values()} == set(initialised)
+
+
+def test_a_failing_initializer_fails_each_job_of_its_worker_with_its_reason(tmp_path) -> None:
+    outcomes: dict[str, tuple] = {}
+    jobs = [(name, name, tmp_path / f"{name}.log") for name in ("ok-1", "ok-2", "ok-3")]
+    run_in_workers(jobs, _work, ["cpu", "cpu"], 1, lambda key, *outcome: outcomes.__setitem__(key, outcome),
+                   initializer=_broken_setup)  # fmt: skip
+    reason = "the worker's initializer failed: ModuleNotFoundError: No module named 'gone'"
+    assert outcomes == {
+        name: (None, f"{reason} (log: {tmp_path / f'{name}.log'})") for name in ("ok-1", "ok-2", "ok-3")
+    }
+    assert f"error: {reason}" in (tmp_path / "ok-1.log").read_text()
+
+
 def _slow(job: object, device: str) -> None:
     """Writes the worker's pid (the test reads it), then trains for ten minutes; its clean-up leaves a mark."""
     pid_file = Path(os.environ["AVVP_TEST_PID_FILE"])

@@ -7,10 +7,15 @@ worker that dies (killed, out of memory) fails its job and is replaced. Workers 
 them); a SIGTERM from the parent interrupts a job as Ctrl-C would interrupt `avvp train`, so its clean-up runs; a
 worker whose parent is gone (killed with SIGKILL, say) interrupts its job the same way at once and exits, so that
 a rerun of the sweep finds the run folder unlocked instead of a worker still training in it.
+
+An optional `initializer(*initargs)` runs once in each worker before its first job (as multiprocessing.Pool's does),
+e.g. to import what the parent process set up but a spawned worker would not have (models registered from Python).
+If it fails, every job that worker takes fails with that reason.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -35,6 +40,7 @@ STOP_SECONDS = 5.0  # how long a stopped worker may take to finish before it is 
 
 Work = Callable[[Any, str], Any]  # (job, device) -> a picklable result; raises AvvpError on failure
 Done = Callable[[str, Any, "str | None"], None]  # (key, result, reason): reason None when the job succeeded
+Initializer = tuple["Callable[..., Any] | None", tuple]  # (function, its arguments), run once in each worker
 
 
 @dataclass
@@ -46,15 +52,25 @@ class _Worker:
 
 
 def run_in_workers(
-    jobs: Sequence[tuple[str, Any, Path]], work: Work, devices: Sequence[str], threads: int, on_done: Done
+    jobs: Sequence[tuple[str, Any, Path]],
+    work: Work,
+    devices: Sequence[str],
+    threads: int,
+    on_done: Done,
+    *,
+    initializer: Callable[..., Any] | None = None,
+    initargs: Sequence[Any] = (),
 ) -> None:
     """Run `work(job, device)` for every (key, job, log path) in `jobs`, one worker process per entry of `devices`.
 
     `work` must be picklable (a module-level function or a partial of one). `on_done(key, result, reason)` is
     called in this process as each job ends: the value `work` returned and None, or None and why it failed.
+    `initializer(*initargs)` (picklable too) runs once in each worker, a replaced one included, before its first
+    job; where it raises, each job of that worker fails with its error.
     """
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
-    workers = [_start(context, work, device, threads) for device in devices]
+    start = functools.partial(_start, context, work, threads=threads, initializer=(initializer, tuple(initargs)))
+    workers = [start(device) for device in devices]
     pending, busy = deque(jobs), {}  # busy: worker slot -> (key, log path)
     try:
         while pending or busy:
@@ -70,22 +86,22 @@ def run_in_workers(
                 try:
                     _, result, reason = workers[slot].results.recv()
                 except EOFError:  # the worker died during the job
-                    workers[slot] = _replace(context, workers[slot], work, devices[slot], threads)
+                    workers[slot] = _replace(start, workers[slot], devices[slot])
                     code = workers[slot].exitcode
                     on_done(key, None, f"the worker process died (exit code {code}) (log: {log_path})")
                     continue
                 on_done(key, result, None if reason is None else f"{reason} (log: {log_path})")
             for slot, worker in enumerate(workers):  # an idle worker that died
                 if slot not in busy and not worker.process.is_alive():
-                    workers[slot] = _replace(context, worker, work, devices[slot], threads)
+                    workers[slot] = _replace(start, worker, devices[slot])
     finally:
         _stop(workers)
 
 
-def _start(context: Any, work: Work, device: str, threads: int) -> _Worker:
+def _start(context: Any, work: Work, device: str, *, threads: int, initializer: Initializer) -> _Worker:
     jobs = context.Queue()
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_serve, args=(work, device, threads, jobs, send), daemon=True)
+    process = context.Process(target=_serve, args=(work, device, threads, initializer, jobs, send), daemon=True)
     saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(dict.fromkeys(saved, str(threads)))  # the worker's BLAS and OpenMP see its share of cores
     try:
@@ -100,11 +116,11 @@ def _start(context: Any, work: Work, device: str, threads: int) -> _Worker:
     return _Worker(process, jobs, receive)
 
 
-def _replace(context: Any, dead: _Worker, work: Work, device: str, threads: int) -> _Worker:
+def _replace(start: Callable[[str], _Worker], dead: _Worker, device: str) -> _Worker:
     """A new worker in place of one that died; it carries the dead one's exit code."""
     dead.process.join()
     dead.results.close()
-    worker = _start(context, work, device, threads)
+    worker = start(device)
     worker.exitcode = dead.process.exitcode
     return worker
 
@@ -121,7 +137,14 @@ def _stop(workers: list[_Worker]) -> None:
         worker.results.close()
 
 
-def _serve(work: Work, device: str, threads: int, jobs: Any, results: multiprocessing.connection.Connection) -> None:
+def _serve(
+    work: Work,
+    device: str,
+    threads: int,
+    initializer: Initializer,
+    jobs: Any,
+    results: multiprocessing.connection.Connection,
+) -> None:
     """A worker's loop: each job's output (stdout, stderr, logging) goes to its log file, /dev/null in between."""
     import torch
 
@@ -134,11 +157,33 @@ def _serve(work: Work, device: str, threads: int, jobs: Any, results: multiproce
     try:
         with interrupt_on_sigterm():
             threading.Thread(target=_stop_when_orphaned, daemon=True).start()
+            failed_start = _initialise(*initializer)
+            if failed_start is not None:
+                work = functools.partial(_refuse, failed_start)
             while (item := _next_job(jobs)) is not None:
                 key, job, log_path = item
                 results.send((key, *_run_logged(work, job, device, Path(log_path))))
     except (KeyboardInterrupt, BrokenPipeError):  # stopped by the parent, or the parent is gone
         pass
+
+
+def _initialise(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> str | None:
+    """Run the worker's initializer (its output goes to /dev/null); None, or why it failed in one line."""
+    if initializer is None:
+        return None
+    try:
+        initializer(*initargs)
+    except AvvpError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 (whatever it raises fails this worker's jobs with its reason)
+        lines = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return None
+
+
+def _refuse(reason: str, job: Any, device: str) -> None:
+    """The work of a worker whose initializer failed: every job fails with that reason."""
+    raise AvvpError(f"the worker's initializer failed: {reason}")
 
 
 def _stop_when_orphaned() -> None:
