@@ -34,11 +34,16 @@ def _modality_labels(tiny: Path, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("modality_labels", [False, True], ids=["weak-labels", "modality-labels"])
-def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, modality_labels: bool) -> None:
+@pytest.mark.parametrize("case", ["weak-labels", "modality-labels", "cross-modal-free"])
+def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, case: str) -> None:
+    """Also in the cross-modal-free form (`--no-cross-modal`), which leaves the cross-modal attention without
+    gradients: DDP must not wait for them."""
     common = ["--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
-    if modality_labels:
+    if case == "modality-labels":
         common += ["--modality-labels", str(_modality_labels(tiny_llp, tmp_path / "labels.csv"))]
+    cross_modal = case != "cross-modal-free"
+    if not cross_modal:
+        common.append("--no-cross-modal")
     assert main(["train", "--out", str(tmp_path / "single"), *common]) == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -49,7 +54,8 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, modality_l
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29517 + modality_labels),  # one port per case: the last case's may still be closing
+        str(29517 + ["weak-labels", "modality-labels", "cross-modal-free"].index(case)),  # one port per case: the
+        # last case's may still be closing
         "-m",
         "avvp",
         "train",
@@ -65,14 +71,14 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, modality_l
     # differ between any two summation orders while the outputs do not.
     models = []
     for run in ("single", "ddp"):
-        model = create_model("han", dim=64, dropout=0.0)
+        model = create_model("han", dim=64, dropout=0.0, cross_modal=cross_modal)
         model.load_state_dict(torch.load(tmp_path / run / "last.pt", weights_only=True)["model"])
         models.append(model.eval())
     ids = [line.split("\t")[0][:11] for line in (tiny_llp / "AVVP_train.csv").read_text().splitlines()[1:]]
     features = load_features(tiny_llp / "feats", ids)
     inputs = [torch.from_numpy(a) for a in (features.audio, features.res152, features.r2plus1d)]
     with torch.no_grad():
-        one, two = (model(*inputs) for model in models)
+        one, two = (model(*inputs, cross_modal=cross_modal) for model in models)
     for key in ("p_av", "p_a", "p_v", "audio", "visual"):
         torch.testing.assert_close(getattr(two, key), getattr(one, key), rtol=1e-4, atol=1e-5, msg=key)
     # only rank 0 writes: one metrics line per epoch, one best checkpoint

@@ -323,5 +323,10 @@ def test_models_command_prints_the_table(capsys):
     assert any(line.startswith("HAN") and "9,307,723" in line and "37.2" in line for line in lines)
     assert any(line.startswith("HAN") and "4,569,675" in line and "18.3" in line for line in lines)
     assert main(["models", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    listing = json.loads(capsys.readouterr().out)
+    rows = listing["paper_table_1"]
     assert {row["label"]: row["parameters"] for row in rows if row["model"] == "mgn"}["MGN (4,4,8)"] == 5_159_153
+    registered = {row["name"]: row for row in listing["registered"]}
+    assert list(registered)[:2] == ["mgn", "han"] and registered["mgn"]["parameters"] == 4_366_065
+    assert registered["mgn"]["loss_terms"] == {"p_av": 1, "p_a": 1, "p_v": 1, "audio_tokens": 1, "visual_tokens": 1}
+    assert registered["han"]["authors_format"] == "MMIL_Net.pt" and not registered["han"]["stackable"]

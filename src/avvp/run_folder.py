@@ -54,11 +54,12 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
     refused, safe = [], {}
     stored_train, current_train = stored.get("train", {}), current["train"]
     for key, value in current_train.items():
-        if stored_setting(stored_train, key) != value:
+        before = stored_setting(stored_train, key)
+        if before != value:
             if key in SAFE_ON_RESUME:
-                safe[key] = [stored_train[key], value]
+                safe[key] = [before, value]
             else:
-                refused.append(f"{key}: {stored_train[key]!r} -> {value!r}")
+                refused.append(f"{key}: {before!r} -> {value!r}")
     for key in ("model", "features", "annotations", "train_videos", "world_size", "precision", LABELS_HASH):
         if stored.get(key) != current.get(key):
             refused.append(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}")
