@@ -1,4 +1,5 @@
-"""`avvp sweep depth|assign`: train the configurations of the MGN paper's Table 1 or 2 over seeds; write the table."""
+"""`avvp sweep depth|assign|models`: train the configurations of the MGN paper's Table 1 or 2, or registered models at
+their defaults, over seeds; write the table."""
 
 from __future__ import annotations
 
@@ -10,25 +11,45 @@ from avvp.recipe import TrainConfig
 KINDS_HELP = {
     "depth": "Table 1: HAN and MGN with CUG/MCG depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)",
     "assign": "Table 2: MGN (3,3,6) with Softmax or Hard-Softmax assignment in the CUG and in the MCG",
+    "models": "registered models (built-in or plugins) at their default configurations, one row each",
 }
-CONFIG_NAMES = {
-    "depth": "han, mgn-1-1-2, mgn-2-2-4, mgn-3-3-6, mgn-4-4-8, mgn-3-3-3, mgn-6-6-3",
-    "assign": "mgn-3-3-6 (Softmax/Softmax), mgn-3-3-6-soft-hard, mgn-3-3-6-hard-soft, mgn-3-3-6-hard-hard",
+KINDS_DESCRIPTION = {
+    "models": "Train each registered model named by --configs (built-in, or a plugin's: see `avvp models`; plugins "
+    "are found through $AVVP_PLUGINS) at its default configuration, with no override but --dim, once per seed, "
+    "each run in OUT/<model>-seed<k>/; then write OUT/table.md and OUT/table.csv, titled 'Registered models at their "
+    "default configurations': one row per model, its Method column the model's title, no configuration columns. "
+    "Example: avvp sweep models --configs han,mgn,mymodel --features DIR --annotations DIR --out OUT",
+}
+CONFIGS_HELP = {
+    "depth": "comma-separated subset of the rows to train (default: all): han, mgn-1-1-2, mgn-2-2-4, mgn-3-3-6, "
+    "mgn-4-4-8, mgn-3-3-3, mgn-6-6-3",
+    "assign": "comma-separated subset of the rows to train (default: all): mgn-3-3-6 (Softmax/Softmax), "
+    "mgn-3-3-6-soft-hard, mgn-3-3-6-hard-soft, mgn-3-3-6-hard-hard",
+    "models": "comma-separated registered model names, one row each in this order, e.g. han,mgn,mymodel (default: "
+    "every registered model, built-in first, then the plugins'; `avvp models` lists them). An unknown name is an "
+    "error listing the registered ones",
+}
+ROW_EXAMPLES = {
+    "depth": "han, mgn-3-3-6, ...",
+    "assign": "mgn-3-3-6, mgn-3-3-6-hard-soft, ...",
+    "models": "han, mgn, ...",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sweep",
-        help="reproduce the paper's Table 1 (depths) or Table 2 (assignment): train every row over seeds",
-        description="Train every configuration of a table of the MGN paper once per seed, each run in "
-        "OUT/<config>-seed<k>/ (a normal `avvp train` run folder), then write OUT/table.md and OUT/table.csv "
-        "(test split, mean ± std over seeds, best in bold). Resumable: run the same command again; finished runs "
-        "are reused, a killed run continues from its last.pt (or restarts if it had none).",
+        help="reproduce the paper's Table 1 (depths) or Table 2 (assignment), or compare registered models: train "
+        "every row over seeds",
+        description="Train every configuration of a table of the MGN paper (depth, assign), or registered models at "
+        "their default configurations (models), once per seed, each run in OUT/<config>-seed<k>/ (a normal "
+        "`avvp train` run folder), then write OUT/table.md and OUT/table.csv (test split, mean ± std over seeds, best "
+        "in bold). Resumable: run the same command again; finished runs are reused, a killed run continues from its "
+        "last.pt (or restarts if it had none).",
     )
     kinds = parser.add_subparsers(dest="sweep_kind", metavar="KIND", required=True)
     for kind, help_text in KINDS_HELP.items():
-        sub = kinds.add_parser(kind, help=help_text, description=help_text + ".")
+        sub = kinds.add_parser(kind, help=help_text, description=KINDS_DESCRIPTION.get(kind, help_text + "."))
         _add_args(sub, kind)
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print details")
         sub.set_defaults(func=run)
@@ -53,14 +74,12 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     )  # fmt: skip
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     add_early_stopping_args(parser)
-    parser.add_argument(
-        "--configs", metavar="NAMES",
-        help=f"comma-separated subset of the rows to train (default: all): {CONFIG_NAMES[kind]}",
-    )  # fmt: skip
+    parser.add_argument("--configs", metavar="NAMES", help=CONFIGS_HELP[kind])
     parser.add_argument(
         "--dim", type=int,
-        help="model width of every run instead of the papers' (MGN 128, HAN 512): for quick trials; the Model "
-        "Size column then shows the sizes at that width",
+        help="model width of every run instead of each model's default (MGN 128, HAN 512): for quick trials; the "
+        "Model Size column then shows the sizes at that width" + (
+            " (a model whose config has no 'dim' field keeps its default)" if kind == "models" else ""),
     )  # fmt: skip
     parser.add_argument(
         "--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -82,15 +101,16 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--stack", action="store_true",
-        help="train the seeds of each MGN row together, as one stacked model (torch.func.vmap): one call per layer "
-        "for all seeds. Each run keeps its own initial weights, batches and Adam; the drop-path and Gumbel noise "
-        "comes from one stream shared by the seeds. HAN rows train one run at a time. Pays where per-call cost "
-        "dominates (GPUs, small models); see bench/README.md",
+        help="train the seeds of each row of a stackable model (MGN; `avvp models` says which) together, as one "
+        "stacked model (torch.func.vmap): one call per layer for all seeds. Each run keeps its own initial weights, "
+        "batches and Adam; the drop-path and Gumbel noise comes from one stream shared by the seeds. The rows of "
+        "other models (HAN) train one run at a time. Pays where per-call cost dominates (GPUs, small models); see "
+        "bench/README.md",
     )  # fmt: skip
     parser.add_argument(
         "--modality-labels", metavar="TEMPLATE",
         help="train every run on modality labels (`avvp refine-labels`, see `avvp train --modality-labels`): one "
-        "file, or a template with {name} (the row: han, mgn-3-3-6, ...) and {seed}, e.g. "
+        f"file, or a template with {{name}} (the row: {ROW_EXAMPLES[kind]}) and {{seed}}, e.g. "
         "'labels/{name}-seed{seed}.csv' for labels refined by each row's own base run of that seed, or "
         "'labels/han-seed{seed}.csv' for HAN's labels in every row",
     )  # fmt: skip

@@ -1,7 +1,9 @@
-"""Sweeps that reproduce the MGN paper's tables: many training runs, resumable, on one or several devices.
+"""Sweeps that reproduce the MGN paper's tables, or compare registered models: many training runs, resumable, on one
+or several devices.
 
 `avvp sweep depth` trains HAN and the six MGN depth configurations of Table 1, `avvp sweep assign` the four
-Softmax / Hard-Softmax combinations of Table 2, each for several seeds. Every run is an ordinary `avvp train`
+Softmax / Hard-Softmax combinations of Table 2, `avvp sweep models` registered models (a plugin's too) at their
+default configurations, each for several seeds. Every run is an ordinary `avvp train`
 run folder, OUT/<config>-seed<k>/, so a sweep is resumable by looking at the folders:
 
 - test_scores.json present: the run is finished and reused;
@@ -11,7 +13,9 @@ run folder, OUT/<config>-seed<k>/, so a sweep is resumable by looking at the fol
 A run folder whose config.json disagrees with the sweep (other epochs, seed, model, data ...) is never reused
 silently: the sweep stops and says so. With one worker the runs train in this process; with several (`--workers N`
 or `--devices a,b`) in worker processes (`avvp.workers`), each bound to one device and taking one run after another,
-with each run's log in OUT/logs/. With `--stack`, the seeds of each MGN row train together as one stacked model.
+with each run's log in OUT/logs/; the workers import the modules of the models registered outside avvp
+(`registry.plugin_modules`) before their first run. With `--stack`, the seeds of each row of a stackable model (MGN)
+train together as one stacked model.
 
 The parts: `definitions` (the rows of each kind), `plan` (runs and the state of their folders), `runner` (training
 them), `report` (the tables), `record` (OUT/sweep.json) and `predictions` (a finished run's cached test predictions).
@@ -24,6 +28,7 @@ from avvp.sweep.definitions import (
     SweepConfig,
     assign_configs,
     depth_configs,
+    model_configs,
     sweep_configs,
 )
 from avvp.sweep.plan import PlannedRun, check_modality_label_files, modality_label_file, plan_runs, run_status
@@ -59,6 +64,7 @@ __all__ = [
     "describe_recipe",
     "make_jobs",
     "modality_label_file",
+    "model_configs",
     "plan_runs",
     "read_run_config",
     "read_sweep_recipe",

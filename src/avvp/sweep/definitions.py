@@ -1,7 +1,8 @@
 """The rows of the sweeps' tables: which models and settings each kind trains, and how the table names them.
 
 `depth` is the MGN paper's Table 1 (HAN and six MGN depths), `assign` its Table 2 (Softmax or Hard-Softmax in the
-CUG and the MCG). Nothing here trains or reads a run folder.
+CUG and the MCG), `models` any registered models (built-in or plugins) at their default configurations, one row
+each. Nothing here trains or reads a run folder.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from typing import Any
 
 from avvp.errors import AvvpError
 from avvp.models import paper_table_configs
-from avvp.models.registry import make_config
+from avvp.models.registry import PLUGINS_ENV, get_spec, list_models, make_config
 
-SWEEP_KINDS = ("depth", "assign")
+SWEEP_KINDS = ("depth", "assign", "models")
 ASSIGN_TITLES = {"soft": "Softmax", "hard": "Hard-Softmax"}
-TABLE_TITLES = {"depth": "Table 1: CUG and MCG depths", "assign": "Table 2: Softmax or Hard-Softmax assignment"}
+TABLE_TITLES = {
+    "depth": "Table 1: CUG and MCG depths",
+    "assign": "Table 2: Softmax or Hard-Softmax assignment",
+    "models": "Registered models at their default configurations",
+}
 
 
 @dataclass(frozen=True)
@@ -24,10 +29,10 @@ class SweepConfig:
     """One row of a table: a model configuration, trained once per seed."""
 
     name: str  # run folder stem, e.g. "mgn-3-3-6" (runs are OUT/<name>-seed<k>)
-    method: str  # "HAN" or "MGN", the table's Method column
-    model: str  # "han" or "mgn"
+    method: str  # the table's Method column: the model's title, e.g. "MGN"
+    model: str  # the registered model's name, e.g. "mgn"
     overrides: dict[str, Any]  # model config overrides
-    settings: tuple[tuple[str, str], ...]  # the table's configuration columns, (title, cell)
+    settings: tuple[tuple[str, str], ...]  # the table's configuration columns, (title, cell); none in `models`
 
 
 def _mgn_name(overrides: dict[str, Any]) -> str:
@@ -69,10 +74,27 @@ def assign_configs() -> list[SweepConfig]:
     return configs
 
 
+def model_configs(names: Sequence[str] | None = None) -> list[SweepConfig]:
+    """One row per registered model at its default configuration, named after the model and titled as its spec
+    says: the models `names` in that order, else every registered one (built-in first, then the plugins')."""
+    known = list_models()
+    names = list(dict.fromkeys(names)) if names else known
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise AvvpError(
+            f"--configs: unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; registered: "
+            f"{', '.join(known)} (a plugin's model? set ${PLUGINS_ENV} to its module)"
+        )
+    return [SweepConfig(name, get_spec(name).title, name, {}, ()) for name in names]
+
+
 def sweep_configs(kind: str, names: Sequence[str] | None = None) -> list[SweepConfig]:
-    """The rows of sweep `kind` ('depth' or 'assign'), optionally only those named (in the table's order)."""
+    """The rows of sweep `kind` ('depth', 'assign' or 'models'), optionally only those named (in the table's order;
+    for 'models', in the order named)."""
     if kind not in SWEEP_KINDS:
         raise AvvpError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEP_KINDS)}")
+    if kind == "models":
+        return model_configs(names)
     configs = depth_configs() if kind == "depth" else assign_configs()
     if names:
         known = [config.name for config in configs]

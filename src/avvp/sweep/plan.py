@@ -4,16 +4,19 @@ folder is in (finished, resumable, to restart, or made by another recipe and ref
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from avvp.data.modality_labels import file_sha256
 from avvp.errors import AvvpError
-from avvp.models.registry import config_to_dict, make_config
+from avvp.models.registry import config_fields, config_to_dict, get_spec, make_config
 from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, read_run_record, stored_setting
 from avvp.sweep.definitions import SweepConfig
 from avvp.training import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ def plan_runs(
         seeds: training seeds; each row is trained once per seed.
         out_dir: the sweep folder.
         base: recipe shared by every run (epochs, batch size, ...); model, seed and overrides are set per run.
-        dim: model width for every run instead of each model's default (smaller for quick trials).
+        dim: model width for every run instead of each model's default (smaller for quick trials); a model whose
+            config has no `dim` field (a plugin's, say) keeps its defaults.
         modality_labels: a modality-label file for every run, or a template naming one per run with `{name}` (the
             row, e.g. han or mgn-3-3-6) and `{seed}`, e.g. labels/{name}-seed{seed}.csv (see `modality_label_file`).
     """
@@ -54,11 +58,15 @@ def plan_runs(
         raise AvvpError("--seeds: give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise AvvpError(f"--seeds {','.join(map(str, seeds))}: a seed is listed twice")
+    models = {config.model for config in configs}
+    with_dim = {model for model in models if "dim" in config_fields(get_spec(model))}
+    if dim is not None and models - with_dim:
+        log.info("--dim: %s without a 'dim' setting, trained at the default", ", ".join(sorted(models - with_dim)))
     out_dir = Path(out_dir)
     runs = []
     for seed in seeds:
         for config in configs:
-            overrides = dict(config.overrides) | ({"dim": dim} if dim is not None else {})
+            overrides = dict(config.overrides) | ({"dim": dim} if dim is not None and config.model in with_dim else {})
             labels = modality_label_file(modality_labels, config.name, seed) if modality_labels else None
             train = dataclasses.replace(
                 base, model=config.model, seed=seed, model_overrides=overrides, modality_labels=labels

@@ -145,4 +145,4 @@ def describe_recipe(train: dict[str, Any]) -> str:
 
 
 def _row_label(row: ResultRow) -> str:
-    return f"{row.method} " + ", ".join(f"{title} {cell}" for title, cell in row.settings)
+    return " ".join([row.method, ", ".join(f"{title} {cell}" for title, cell in row.settings)]).rstrip()

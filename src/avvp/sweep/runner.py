@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avvp.errors import AvvpError
-from avvp.models.registry import get_spec
+from avvp.models import registry
 from avvp.run_folder import PidLock
 from avvp.sweep.plan import PlannedRun, run_status
 from avvp.training import LOCK_NAME as TRAIN_LOCK
@@ -53,8 +53,9 @@ def run_sweep(
     stack: bool = False,
 ) -> SweepReport:
     """Train every unfinished run, on `slots` (one device per worker): in this process for one slot, else in worker
-    processes (`avvp.workers`) with their logs in OUT/logs/. With `stack`, the unfinished seeds of each MGN row are
-    one job, trained together as one stacked model (`avvp.training.train_stacked`). A failed job is reported and the
+    processes (`avvp.workers`, which first import the modules of the models registered outside avvp) with their logs
+    in OUT/logs/. With `stack`, the unfinished seeds of each row of a stackable model (its registry spec) are one
+    job, trained together as one stacked model (`avvp.training.train_stacked`). A failed job is reported and the
     others go on."""
     from avvp.utils import progress_bar
 
@@ -101,14 +102,18 @@ def run_sweep(
             by_name = {job.name: job for job in jobs}
             entries = _job_logs(jobs, out_dir / "logs", features, annotations)
             threads = _threads_per_worker(len(slots))
-            run_in_workers(entries, work, slots, threads, lambda name, *outcome: done(by_name[name], *outcome))
+            run_in_workers(
+                entries, work, slots, threads, lambda name, *outcome: done(by_name[name], *outcome),
+                # models registered here from Python, not through $AVVP_PLUGINS, are unknown to a spawned worker
+                initializer=registry.import_modules, initargs=(registry.plugin_modules(),),
+            )  # fmt: skip
         bar.close()
     return report
 
 
 @dataclass(frozen=True)
 class SweepJob:
-    """What a worker trains in one go: one run, or the seeds of one MGN row stacked."""
+    """What a worker trains in one go: one run, or the seeds of one row of a stackable model (MGN) stacked."""
 
     runs: tuple[PlannedRun, ...]
     resume: tuple[bool, ...]  # per run: continue from its last.pt
@@ -126,11 +131,11 @@ class SweepJob:
 
 
 def make_jobs(todo: Sequence[tuple[PlannedRun, str]], stack: bool, report: SweepReport) -> list[SweepJob]:
-    """One job per run, or with `stack` one per MGN row (its unfinished seeds); records each run as trained or
-    resumed in `report`."""
+    """One job per run, or with `stack` one per row of a stackable model (its unfinished seeds); records each run as
+    trained or resumed in `report`."""
     groups: dict[str, list[tuple[PlannedRun, str]]] = {}
     for run, status in todo:
-        stacked = stack and get_spec(run.train.model).stackable
+        stacked = stack and registry.get_spec(run.train.model).stackable
         groups.setdefault(run.config.name if stacked else run.name, []).append((run, status))
     jobs = []
     for group in groups.values():
@@ -180,13 +185,17 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
 def _job_logs(
     jobs: list[SweepJob], log_dir: Path, features: Path, annotations: Path
 ) -> list[tuple[str, SweepJob, Path]]:
-    """(name, job, log path) of each job; each log starts with the commands that would train its runs alone."""
+    """(name, job, log path) of each job; each log starts with the commands that would train its runs alone (a
+    plugin's model with the $AVVP_PLUGINS that finds it)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for job in jobs:
         log_path = log_dir / f"{job.name}.log"
+        spec = registry.get_spec(job.runs[0].train.model)
+        plugin = [] if spec.builtin or spec.module == "__main__" else [f"{registry.PLUGINS_ENV}={spec.module}"]
         commands = [
-            train_command(r, features, annotations, "DEVICE", resume) for r, resume in zip(job.runs, job.resume)
+            plugin + train_command(r, features, annotations, "DEVICE", resume)
+            for r, resume in zip(job.runs, job.resume)
         ]
         with open(log_path, "a", encoding="utf-8") as handle:
             handle.write("".join(f"# alone: {' '.join(command)}\n" for command in commands))
