@@ -1,7 +1,8 @@
 """Result tables in the layout of the MGN paper's supplement (Tables 1 and 2): mean ± std over seeds, best in bold.
 
 Pure functions on numbers, so the formatting can be tested on fixed values: a sweep (`avvp.sweep`) collects one
-`ResultRow` per configuration and renders them as Markdown (for people) and CSV (for scripts).
+`ResultRow` per configuration and renders them as Markdown (for people) and CSV (for scripts). The configuration
+columns are those of the first row's settings, none where it has none (a sweep of models at their defaults).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ MISSING = "–"  # a cell without any finished run
 class ResultRow:
     """One configuration of a table and the test scores of each of its finished seeds."""
 
-    method: str  # "HAN" or "MGN"
-    settings: tuple[tuple[str, str], ...]  # (column title, cell) of the configuration, e.g. ("CUG depth", "3/3")
+    method: str  # the model's title, e.g. "HAN" or "MGN"
+    settings: tuple[tuple[str, str], ...]  # configuration columns, e.g. (("CUG depth", "3/3"), ...); may be none
     size: ModelSize
     seeds: tuple[int, ...] = ()  # the seeds that finished, in the order of the score lists
     segment: tuple[dict[str, float], ...] = field(default_factory=tuple)  # per seed: track -> segment-level score
