@@ -141,3 +141,13 @@ def test_workers_know_a_model_registered_from_python(plugin_module: str, tiny_ll
     assert config["model"]["name"] == "plughan"
     log = (out / "logs" / "plughan-seed1.log").read_text()
     assert f"# alone: {registry.PLUGINS_ENV}={plugin_module} " in log and "--model plughan" in log
+
+
+def test_stack_stacks_the_seeds_of_the_stackable_models_only(tiny_llp: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    assert main(_sweep(tiny_llp, out, "--configs", "mgn,han", "--seeds", "1,2", "--stack")) == 0
+    for seed in (1, 2):
+        mgn = json.loads((out / f"mgn-seed{seed}" / "config.json").read_text())
+        assert mgn["stacked"]["runs"] == ["mgn-seed1", "mgn-seed2"]
+        assert "stacked" not in json.loads((out / f"han-seed{seed}" / "config.json").read_text())
+    assert [(row["method"], row["seeds"]) for row in _table_rows(out)] == [("MGN", "1;2"), ("HAN", "1;2")]
