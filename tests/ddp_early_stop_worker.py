@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import avvp.training
+import avvp.training.loop
 from avvp.recipe import TrainConfig
 
 SCRIPT = [10, 20, 15, 15, 12, 30, 40, 50]  # validation Type@AV per epoch (rank 0)
 
 
 def main(tiny: Path, out: Path) -> None:
-    real = avvp.training.score_split
+    real = avvp.training.loop.score_split
     scores_left = iter(SCRIPT)
 
     def scripted(model, data, **kwargs):
@@ -29,7 +30,7 @@ def main(tiny: Path, out: Path) -> None:
             scores.segment["type"] = next(scores_left)
         return scores, predictions
 
-    avvp.training.score_split = scripted
+    avvp.training.loop.score_split = scripted
     config = TrainConfig(model="han", epochs=8, batch_size=8, patience=2, model_overrides={"dim": 32, "ff_dim": 32})
     result = avvp.training.train(
         config, features=tiny / "feats", annotations=tiny, out_dir=out / "run", device="cpu", progress=False

@@ -57,7 +57,7 @@ def test_synth_syncs_every_file_and_folder_before_the_swap_and_the_parent_after(
 
 
 def test_a_metrics_line_is_synced_when_appended(tmp_path, disk_log):
-    from avvp.training import _append_jsonl
+    from avvp.training.persistence import _append_jsonl
 
     _append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1})
     assert disk_log == [("fsync", str(tmp_path / "metrics.jsonl"))]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import avvp.inference
-import avvp.training
+import avvp.precision
+import avvp.training.loop
 from avvp.cli import main
 from avvp.recipe import TrainConfig
 from avvp.sweep import plan_runs, sweep_configs, train_command
@@ -47,7 +47,7 @@ def test_the_stopping_rule(patience, min_epochs, best_by_epoch, stop_epoch):
 def scripted_val(monkeypatch):
     """`script(*sequences)`: the n-th model created gets the n-th sequence as its validation Type@AV, epoch by
     epoch (from `start`, for a resumed run); test scoring stays real."""
-    real = avvp.training.score_split
+    real = avvp.training.loop.score_split
     state: dict = {"sequences": [], "models": {}}
 
     def scripted(model, data, **kwargs):
@@ -61,7 +61,7 @@ def scripted_val(monkeypatch):
             calls["calls"] += 1
         return scores, predictions
 
-    monkeypatch.setattr(avvp.training, "score_split", scripted)
+    monkeypatch.setattr(avvp.training.loop, "score_split", scripted)
 
     def script(*sequences, start: int = 1):
         state["sequences"] += [(list(sequence), start) for sequence in sequences]
@@ -165,11 +165,11 @@ def test_each_epoch_line_ends_with_an_eta(tiny_llp, tmp_path, capsys):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_slowdown(monkeypatch, caplog, native):
-    monkeypatch.setattr(avvp.inference, "native_bf16_cpu", lambda: native)
-    with caplog.at_level(logging.WARNING, logger="avvp.inference"):
-        assert avvp.inference.resolve_precision("bf16", torch.device("cpu")) == "bf16"
-        assert avvp.inference.resolve_precision("auto", torch.device("cpu")) == "fp32"
-        assert avvp.inference.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(avvp.precision, "native_bf16_cpu", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="avvp.precision"):
+        assert avvp.precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert avvp.precision.resolve_precision("auto", torch.device("cpu")) == "fp32"
+        assert avvp.precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     warnings = [record.getMessage() for record in caplog.records]
     if native:
         assert warnings == []

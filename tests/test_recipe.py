@@ -14,9 +14,10 @@ import torch
 from avvp.cli import build_parser, main
 from avvp.cli.train import config_from_args
 from avvp.data.splits import load_split_data
-from avvp.inference import autocast, predict
+from avvp.inference import predict
 from avvp.models import ParseOutput, create_model
 from avvp.objective import Objective
+from avvp.precision import autocast
 from avvp.recipe import TrainConfig
 from avvp.training import score_split
 

@@ -870,16 +870,16 @@ def test_a_second_train_into_a_locked_folder_stops(tiny_llp, tmp_path, capsys):
 
 
 def test_the_lock_is_held_while_training_and_released_after(tiny_llp, tmp_path, monkeypatch):
-    import avvp.training
+    import avvp.training.loop
 
     seen = []
-    validate = avvp.training._validate
+    validate = avvp.training.loop._validate
 
     def spy(run, *args):
         seen.append((run.out_dir / ".train.lock").read_text().strip())
         return validate(run, *args)
 
-    monkeypatch.setattr(avvp.training, "_validate", spy)
+    monkeypatch.setattr(avvp.training.loop, "_validate", spy)
     out = tmp_path / "run"
     assert _train(tiny_llp, out, "--epochs", "1") == 0
     assert seen == [str(os.getpid())]

@@ -115,13 +115,13 @@ def test_parse_accepts_a_confident_mgn(confident_checkpoints, tmp_path, capsys):
 def test_a_tiny_demo_with_a_confident_mgn_runs_through(tmp_path, capsys, monkeypatch):
     """Train's validation and test scoring, the demo's predictions and figures, and the plots that read PRED files
     all take the confident model's scores (its heads start confident; two tiny epochs keep them so)."""
-    import avvp.training
+    import avvp.training.loop
 
     def confident_create_model(name, **overrides):
         model = create_model(name, **overrides)
         return make_confident(model) if name == "mgn" else model
 
-    monkeypatch.setattr(avvp.training, "create_model", confident_create_model)
+    monkeypatch.setattr(avvp.training.loop, "create_model", confident_create_model)
     out = tmp_path / "demo"
     scale = ["--train", "32", "--val", "12", "--test", "12", "--epochs", "2", "--seed", "3", "--tiny-models"]
     status, _, err = cli(capsys, "demo", "--out", out, *scale, "--device", "cpu")

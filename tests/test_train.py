@@ -91,17 +91,17 @@ def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:
 def test_a_finished_run_trained_on_drops_its_old_test_scores(tiny_llp: Path, tmp_path: Path, monkeypatch) -> None:
     """--resume with more --epochs: the 1-epoch test scores are stale once training goes on; a run killed during the
     extension has none (so a sweep does not take it as finished), and the finished extension writes new ones."""
-    import avvp.training
+    import avvp.training.loop
 
     out = tmp_path / "run"
     assert _train(tiny_llp, out, "--epochs", "1", *TINY_MGN) == 0
     assert (out / "test_scores.json").is_file()
 
-    def killed(run, epoch):
+    def killed(run, stepper, epoch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(avvp.training, "_train_epoch", killed)
+        patch.setattr(avvp.training.loop, "_train_epoch", killed)
         assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 130  # as Ctrl-C
     assert not (out / "test_scores.json").exists()
     assert _train(tiny_llp, out, "--epochs", "2", "--resume", *TINY_MGN) == 0

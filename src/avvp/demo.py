@@ -386,7 +386,8 @@ def _write_results(
 def _predict_best(run_dir: Path, features, filenames: list[str], device) -> dict[str, np.ndarray]:
     """Test-split scores of a run's best checkpoint (the one `train` scored), checked as every model's scores."""
     from avvp.checkpoint import load_model
-    from avvp.inference import predict, resolve_precision
+    from avvp.inference import predict
+    from avvp.precision import resolve_precision
 
     checkpoint = run_dir / "best.safetensors"
     model, _ = load_model(checkpoint, map_location=device)

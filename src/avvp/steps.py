@@ -13,9 +13,9 @@ from torch import nn
 
 from avvp.data.classes import NUM_CLASSES
 from avvp.distributed import DistributedContext
-from avvp.inference import autocast
 from avvp.models.registry import forward_kwargs, spec_of
 from avvp.objective import Objective
+from avvp.precision import autocast
 
 if TYPE_CHECKING:
     from avvp.recipe import TrainConfig
@@ -215,8 +215,8 @@ def time_train_step(config: TrainConfig, device: torch.device, *, warmup: int = 
     global random state is restored afterwards, so that the runs trained next are unchanged."""
     import time
 
-    from avvp.inference import resolve_precision
     from avvp.models import create_model
+    from avvp.precision import resolve_precision
 
     state = torch.get_rng_state()
     try:
