@@ -140,8 +140,15 @@ def load_predictions(path: str | Path, filenames: list[str], *, split_name: str 
     Returns:
         {"audio": [N, 10, 25], "visual": [N, 10, 25]} float arrays, plus "video" [N, 25] when the file has it.
     """
-    path = Path(path)
     names, arrays = read_predictions(path)
+    return align_predictions(names, arrays, filenames, where=str(path), split_name=split_name)
+
+
+def align_predictions(
+    names: list[str], arrays: dict[str, np.ndarray], filenames: list[str], *, where: str, split_name: str = ""
+) -> dict[str, np.ndarray]:
+    """Prediction arrays whose rows are the videos `names`, reordered to `filenames` (a split's videos): every
+    video of the split must be there once, and no other; `where` names the predictions in the errors."""
     row_of: dict[str, int] = {}
     duplicates = []
     for row, name in enumerate(names):
@@ -149,24 +156,32 @@ def load_predictions(path: str | Path, filenames: list[str], *, split_name: str 
             duplicates.append(name)
         row_of[name] = row
     if duplicates:
-        raise AvvpError(f"{path}: {len(duplicates)} video(s) listed twice: {_names(duplicates)}")
+        raise AvvpError(f"{where}: {len(duplicates)} video(s) listed twice: {_names(duplicates)}")
     split_label = f"the {split_name} split" if split_name else "the split"
     split_names = set(filenames)
     unknown = [name for name in names if name not in split_names]
     if unknown:
-        raise AvvpError(f"{path}: {len(unknown)} video(s) not in {split_label}: {_names(unknown)}")
+        raise AvvpError(f"{where}: {len(unknown)} video(s) not in {split_label}: {_names(unknown)}")
     missing = [name for name in filenames if name not in row_of]
     if missing:
-        raise AvvpError(f"{path}: {len(missing)} video(s) of {split_label} have no predictions: {_names(missing)}")
+        raise AvvpError(f"{where}: {len(missing)} video(s) of {split_label} have no predictions: {_names(missing)}")
     order = np.fromiter((row_of[name] for name in filenames), dtype=np.int64, count=len(filenames))
     return {key: array[order] for key, array in arrays.items()}
 
 
 def score_predictions(path: str | Path, split: Split, *, threshold: float = 0.5) -> Scores:
     """Score PRED.npz against a val/test split: the official parse, then the official metrics."""
+    check_dense(split)
+    return score_aligned(load_predictions(path, split.filenames, split_name=split.name), split, threshold=threshold)
+
+
+def check_dense(split: Split) -> None:
     if split.audio is None or split.visual is None:
         raise AvvpError(f"split {split.name!r} has no dense ground truth; score val or test")
-    predictions = load_predictions(path, split.filenames, split_name=split.name)
+
+
+def score_aligned(predictions: dict[str, np.ndarray], split: Split, *, threshold: float = 0.5) -> Scores:
+    """Score prediction arrays in the split's video order: the official parse, then the official metrics."""
     pred_audio, pred_visual = parse_predictions(
         predictions["audio"], predictions["visual"], predictions.get(VIDEO_KEY), threshold
     )
