@@ -48,12 +48,11 @@ def depth_configs() -> list[SweepConfig]:
     """Table 1: HAN and MGN at depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)."""
     configs = []
     for _, model, overrides in paper_table_configs():
-        if model == "han":
-            configs.append(SweepConfig("han", "HAN", "han", {}, (("CUG depth", "–"), ("MCG depth", "–"))))
-            continue
-        cug = f"{overrides['depth_audio']}/{overrides['depth_visual']}"
-        settings = (("CUG depth", cug), ("MCG depth", str(overrides["depth_av"])))
-        configs.append(SweepConfig(_mgn_name(overrides), "MGN", "mgn", dict(overrides), settings))
+        grouped = "depth_av" in overrides  # an MGN row; the baseline's depth cells are dashes
+        cug = f"{overrides['depth_audio']}/{overrides['depth_visual']}" if grouped else "–"
+        settings = (("CUG depth", cug), ("MCG depth", str(overrides["depth_av"]) if grouped else "–"))
+        name = _mgn_name(overrides) if grouped else model
+        configs.append(SweepConfig(name, get_spec(model).title, model, dict(overrides), settings))
     return configs
 
 
