@@ -356,8 +356,9 @@ class PidLock:
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM (a `kill`, a job scheduler's stop) raises KeyboardInterrupt as Ctrl-C does, so
-    the clean-up code of the interrupted work runs. Only in the main thread, and only where SIGTERM has no handler
-    of its own."""
+    the clean-up code of the interrupted work runs. Once: a further SIGTERM while that clean-up runs (a sweep worker
+    is stopped both by its parent and by its own orphan watch) is ignored instead of cutting the clean-up short;
+    SIGKILL still ends the process. Only in the main thread, and only where SIGTERM has no handler of its own."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
         signal.SIG_DFL,
         None,
@@ -366,6 +367,7 @@ def interrupt_on_sigterm() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the process is stopping already
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
