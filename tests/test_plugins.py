@@ -149,3 +149,20 @@ def test_unknown_model_and_plugin_errors_are_one_line(monkeypatch, tiny_llp: Pat
     monkeypatch.setenv(registry.PLUGINS_ENV, "no_such_plugin_module")
     with pytest.raises(AvvpError, match=r"\$AVVP_PLUGINS: cannot import the plugin module 'no_such_plugin_module'"):
         avvp.list_models()
+
+
+def test_an_installed_packages_entry_point_registers_its_model(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """A package declaring `[project.entry-points."avvp.models"]` is found without AVVP_PLUGINS; a broken entry
+    point is a warning, not the end of every command."""
+    from importlib.metadata import EntryPoint
+
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.delitem(sys.modules, PLUGIN, raising=False)
+    points = [EntryPoint("toy", PLUGIN, registry.ENTRY_POINT_GROUP), EntryPoint("gone", "no_such_module", "x")]
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: points if group == "avvp.models" else [])
+    assert avvp.list_models() == ["mgn", "han", "toy"]
+    assert "the avvp.models entry point gone (no_such_module) failed to load" in caplog.text
+    sys.modules.pop(PLUGIN, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -334,3 +335,25 @@ def test_a_sweep_with_nothing_left_removes_the_locks_a_killed_one_left(tiny_llp:
     assert not (out / ".sweep.lock").exists() and not (out / "mgn-1-1-2-seed1" / ".train.lock").exists()
     (out / ".sweep.lock").write_text(f"{os.getppid()}\n")  # alive
     assert main(args) == 0 and (out / ".sweep.lock").exists()
+
+
+def test_a_setting_an_older_run_did_not_record_counts_as_its_default(tmp_path: Path):
+    """Sweep reuse compares every recipe field; one missing from an older config.json means the field's default."""
+    from avvp.models import make_config
+
+    run = plan_runs(sweep_configs("depth", ["han"]), [1], tmp_path, TrainConfig(epochs=3))[0]
+    features, annotations = tmp_path / "feats", tmp_path / "ann"
+    old_train = {k: v for k, v in run.train.to_dict().items() if k not in ("loss_weights", "cross_modal")}
+    record = {
+        "train": old_train,
+        "model": {"name": "han", "config": make_config("han").to_dict()},
+        "features": str(features),
+        "annotations": str(annotations),
+    }
+    run.run_dir.mkdir()
+    (run.run_dir / "config.json").write_text(json.dumps(record))
+    (run.run_dir / "test_scores.json").write_text("{}")
+    assert run_status(run, features, annotations) == "done"
+    weighted = dataclasses.replace(run, train=dataclasses.replace(run.train, loss_weights={"p_a": 2.0}))
+    with pytest.raises(AvvpError, match=r"loss_weights=\{\} \(sweep: \{'p_a': 2.0\}\)"):
+        run_status(weighted, features, annotations)
