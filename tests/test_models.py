@@ -330,3 +330,18 @@ def test_models_command_prints_the_table(capsys):
     assert list(registered)[:2] == ["mgn", "han"] and registered["mgn"]["parameters"] == 4_366_065
     assert registered["mgn"]["loss_terms"] == {"p_av": 1, "p_a": 1, "p_v": 1, "audio_tokens": 1, "visual_tokens": 1}
     assert registered["han"]["authors_format"] == "MMIL_Net.pt" and not registered["han"]["stackable"]
+
+
+def test_han_draws_its_dropout_in_the_authors_order():
+    """The hybrid attention layer in training mode: cross-modal attention, self-attention, then their dropouts, in
+    the order of the authors' code, so that the same seed gives the same training (a reordering changes every run)."""
+    torch.manual_seed(0)
+    layer = create_model("han", dim=32, ff_dim=32).hybrid_attention.train()
+    query, other = torch.randn(2, 10, 32), torch.randn(2, 10, 32)
+    torch.manual_seed(1)
+    ours = layer(query, other)
+    torch.manual_seed(1)
+    cross, _ = layer.cross_attn(query, other, other, need_weights=False)
+    attended, _ = layer.self_attn(query, query, query, need_weights=False)
+    mixed = layer.norm1(query + layer.drop_cross(cross) + layer.drop_self(attended))
+    assert torch.equal(ours, layer.norm2(mixed + layer.ffn(mixed)))

@@ -30,11 +30,10 @@ class HybridAttentionLayer(nn.Module):
 
     def forward(self, query: Tensor, other: Tensor | None) -> Tensor:
         """query [B, T, C] attends to itself and to `other` [B, T, C] (None: to itself only) -> [B, T, C]."""
-        residual = query
-        if other is not None:  # (first, as the authors' code: the dropout draws keep their order)
-            cross, _ = self.cross_attn(query, other, other, need_weights=False)
-            residual = residual + self.drop_cross(cross)
+        # In the authors' order (cross, self, then their dropouts), so that the dropout draws keep their order.
+        cross = self.cross_attn(query, other, other, need_weights=False)[0] if other is not None else None
         attended, _ = self.self_attn(query, query, query, need_weights=False)
+        residual = query if cross is None else query + self.drop_cross(cross)
         query = self.norm1(residual + self.drop_self(attended))
         return self.norm2(query + self.ffn(query))
 
