@@ -55,7 +55,7 @@ TINY_MODEL_OVERRIDES = {
     "han": {"dim": 32, "ff_dim": 32},
     "mgn": {"dim": 32, "depth_audio": 1, "depth_visual": 1, "depth_av": 1},
 }
-# The demo's scale and recipe (docs/demo.md, "The recipe, and why": chosen over two training seeds)
+# The demo's scale and recipe (docs/demo.md, "The recipe": chosen over two training seeds)
 DEMO_TRAIN = 3000  # 188 steps an epoch
 DEMO_EPOCHS = 13  # at most 2,444 steps
 DEMO_LR_STEP = 11  # 2,068 steps at 3e-4, then at most 376 at 3e-5

@@ -188,7 +188,7 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16"],
         default="fp32",
         help="fp32 (default: reproduces the authors' forward pass to 1e-5), or bf16 autocast (faster on GPUs, "
-        "probabilities within ~1e-2); auto = bf16 on CUDA, fp32 elsewhere",
+        "probabilities within 0.05 of fp32, tests/test_precision.py); auto = bf16 on CUDA, fp32 elsewhere",
     )
     add_assign_args(parser)
     add_device_arg(parser)
