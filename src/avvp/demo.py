@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 MODELS = ("han", "mgn")  # training and table order (baseline first)
 RESULT_MODEL_ORDER = ("mgn", "han")  # key order in results.json
-AUTHORS_EPOCHS = 40  # the recipe's epochs and StepLR step (spec section 3)
+AUTHORS_EPOCHS = 40  # the authors' recipe's epochs and StepLR step
 AUTHORS_LR_STEP = 10
 AUTHORS_TRAIN_VIDEOS = 10_000  # LLP's training split
 # Tiny models for smoke tests (`--tiny-models`): the same code paths in a fraction of the time.

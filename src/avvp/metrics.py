@@ -1,6 +1,6 @@
 """The official LLP metrics (segment- and event-level F-scores), vectorised over videos.
 
-Semantics are those of the HAN authors' evaluation code (spec section 5). Per video and class, TP/FP/FN are
+Semantics are those of the HAN authors' evaluation code (its `eval_metrics.py`). Per video and class, TP/FP/FN are
 counted over the 10 segments (segment level) or over events, the maximal runs of positive segments (event
 level: a predicted event is a TP when some ground-truth event of the class has IoU >= 0.5 with it). A class's
 F is 2TP / (2TP + FN + FP), averaged over the classes with any prediction or ground truth in the video (1.0

@@ -8,7 +8,7 @@ Conventions (documented in docs/video.md):
   second is covered by one or two windows. A video shorter than 10 s is one window, padded by repeating
   its last second; the padded seconds' outputs are dropped.
 - Segment probabilities (audio, visual) are averaged over the windows covering each second.
-- The video-level filter (spec section 5: a segment counts only if the video-level audio-visual
+- The video-level filter (the official parse: a segment counts only if the video-level audio-visual
   probability p_av >= 0.5) is applied per second with the MAX of p_av over the windows covering that
   second: a class present in any window that sees this second may be parsed there. The video-level
   probabilities reported for the whole video are the max over all windows.

@@ -1,4 +1,4 @@
-"""The training recipe as a configuration (spec section 3), without importing torch: `avvp train --help` and the
+"""The training recipe as a configuration (the authors' training scripts), without importing torch: `avvp train --help` and the
 sweep read their defaults from here."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from avvp.config import ConfigMixin
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
-    """The training recipe; defaults are the authors' (spec section 3)."""
+    """The training recipe; defaults are the authors' (their training scripts)."""
 
     model: str = "mgn"  # a registered model: "mgn", "han" or a plugin's (`avvp models`)
     epochs: int = 40  # passes over the training split

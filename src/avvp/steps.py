@@ -1,4 +1,4 @@
-"""One optimisation step of the recipe (spec section 3): Adam and the step itself, eager, stacked over runs or
+"""One optimisation step of the authors' recipe: Adam and the step itself, eager, stacked over runs or
 captured in a CUDA graph; the loss is `avvp.objective.Objective`. `avvp train` takes every step through
 `TrainStep`; the tests take the authors' steps through it too."""
 

@@ -45,7 +45,7 @@ class ParseOutput:
     """What every model returns: probabilities at video and segment level (and MGN's extras).
 
     The video-level probabilities are float32 even under bf16 autocast (computed from float32 logits), so that
-    the clamped BCE sees the same values as in fp32 training. Names as in the spec (section 3).
+    the clamped BCE sees the same values as in fp32 training. Names as in the MGN paper.
     """
 
     p_av: Tensor  # [B, 25] audio-visual video-level probability (the weak-label prediction; gates the parse)

@@ -1,4 +1,4 @@
-"""HAN: the Hybrid Attention Network baseline (Tian et al., ECCV 2020), ../shared/spec/MGN.md section 4.
+"""HAN: the Hybrid Attention Network baseline (Tian et al., ECCV 2020), as the authors' released code computes it.
 
 One hybrid attention layer (self-attention plus cross-modal attention, the same weights for both directions),
 then attentive multimodal multiple-instance pooling of per-segment class probabilities.

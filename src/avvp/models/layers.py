@@ -1,7 +1,7 @@
 """Building blocks shared by MGN and HAN: MLP, attention, transformer blocks, assignment, grouping, visual fusion.
 
-The attention and grouping blocks follow the GroupViT design that MGN builds on (see ../shared/spec/MGN.md
-section 3); the details that decide whether the authors' checkpoints reproduce are noted where they occur.
+The attention and grouping blocks follow the GroupViT design that MGN builds on (as the MGN authors' code uses
+it); the details that decide whether the authors' checkpoints reproduce are noted where they occur.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MGN: Multi-modal Grouping Network (Mo & Tian, NeurIPS 2022), ../shared/spec/MGN.md section 3.
+"""MGN: Multi-modal Grouping Network (Mo & Tian, NeurIPS 2022), as the authors' released code computes it.
 
 Class tokens group the segments of each modality (class-aware unimodal grouping, CUG), then the audio class
 tokens group with the visual ones (modality-aware cross-modal grouping, MCG). Segment-level predictions come

@@ -1,7 +1,8 @@
 """The authors' checkpoint formats of MGN (`MGN_Net.pt`) and HAN (`MMIL_Net.pt`), as registry `OfficialFormat`s.
 
 Key maps, recognition and config inference only (no torch import); `avvp.checkpoint` applies them. The authors' key
-names and shapes are listed in ../shared/spec/official_keys.
+names and shapes are those of the released `MGN_Net.pt` and `MMIL_Net.pt` (the tests check them against lists of
+those files' keys and shapes).
 """
 
 from __future__ import annotations
