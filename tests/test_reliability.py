@@ -501,15 +501,50 @@ def test_synth_refuses_a_folder_another_run_filled_while_it_was_generating(tmp_p
 
 def test_lock_refuses_a_live_holder_after_waiting_and_takes_over_a_dead_ones(tmp_path):
     lock = tmp_path / ".data.lock"
-    lock.write_text(f"{os.getppid()}\n")  # pytest's parent: alive
+    lock.write_text(f"{os.getppid()}\n")  # pytest's parent: alive (a pid alone: an earlier version's lock file)
     with (
-        pytest.raises(AvvpError, match=r"in use by another run \(pid \d+\)"),
+        pytest.raises(AvvpError, match=rf"in use by another run \(pid {os.getppid()} on host {utils.LOCK_HOST}\)"),
         utils.PidLock(lock, "another run", wait=0.2),
     ):
         pass
     lock.write_text(run_child("import os; print(os.getpid())").stdout)  # left by a process that is gone
     with utils.PidLock(lock, "another run"):
-        assert lock.read_text().strip() == str(os.getpid())
+        assert lock.read_text() == f"{os.getpid()} {utils.LOCK_HOST}\n"
+    assert not lock.exists()
+    dead = run_child("import os; print(os.getpid())").stdout.strip()
+    lock.write_text(f"{dead} {utils.LOCK_HOST}\n")  # this machine's, of a process that is gone: taken over
+    with utils.PidLock(lock, "another run"):
+        assert lock.read_text() == f"{os.getpid()} {utils.LOCK_HOST}\n"
+
+
+def test_a_lock_of_another_machine_is_never_taken_over(tmp_path):
+    """A lock file naming another host (a process on another machine sharing the folder) stays, even where its pid
+    is not alive here: the refusal names its pid and host and says how to clear it; `remove_if_stale` leaves it."""
+    lock = tmp_path / ".train.lock"
+    dead = run_child("import os; print(os.getpid())").stdout.strip()  # not alive here
+    lock.write_text(f"{dead} node07.cluster\n")
+    with pytest.raises(AvvpError) as refused, utils.PidLock(lock, "another run", wait=0.2):
+        pass
+    message = str(refused.value)
+    assert "\n" not in message and f"pid {dead} on host node07.cluster, another machine" in message
+    assert "once that process is gone" in message and f"delete {lock}" in message
+    utils.PidLock(lock, "another run").remove_if_stale()
+    assert lock.read_text() == f"{dead} node07.cluster\n"
+    lock.write_text(f"{dead}\n")  # an earlier version's lock file, pid alone: this machine's, and dead
+    utils.PidLock(lock, "another run").remove_if_stale()
+    assert not lock.exists()
+
+
+def test_a_lock_is_reentrant_within_its_process(tmp_path):
+    """`sweep --only` holds a run's lock around `train`, which takes it again: the file stays until the outer one
+    exits, and `remove_if_stale` leaves it."""
+    lock = tmp_path / ".train.lock"
+    with utils.PidLock(lock, "another run"):
+        with utils.PidLock(lock, "another run"):
+            assert lock.read_text() == f"{os.getpid()} {utils.LOCK_HOST}\n"
+        assert lock.exists()
+        utils.PidLock(lock, "another run").remove_if_stale()  # held by this process: kept
+        assert lock.exists()
     assert not lock.exists()
 
 
@@ -882,7 +917,7 @@ def test_the_lock_is_held_while_training_and_released_after(tiny_llp, tmp_path, 
     monkeypatch.setattr(avvp.training.loop, "_validate", spy)
     out = tmp_path / "run"
     assert _train(tiny_llp, out, "--epochs", "1") == 0
-    assert seen == [str(os.getpid())]
+    assert seen == [f"{os.getpid()} {utils.LOCK_HOST}"]
     assert not (out / ".train.lock").exists()
 
 

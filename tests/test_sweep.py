@@ -28,6 +28,7 @@ from avvp.sweep import (
     worker_devices,
 )
 from avvp.training import TrainConfig
+from avvp.utils import LOCK_HOST
 
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "best.safetensors", "best.json", "last.pt", "test_scores.json")
 
@@ -187,7 +188,7 @@ def test_lock_refuses_a_live_sweep_and_clears_a_dead_one(tmp_path: Path):
     dead.wait()
     lock.write_text(f"{dead.pid}\n")
     with PidLock(lock, "another sweep"):
-        assert lock.read_text().strip() == str(os.getpid())
+        assert lock.read_text().split() == [str(os.getpid()), LOCK_HOST]
     assert not lock.exists()
 
 

@@ -278,11 +278,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class PidLock:
-    """A lock file holding the owner's pid, created exclusively; one left by a dead process is taken over.
+LOCK_HOST = "".join(socket.gethostname().split()) or "localhost"  # the machine named in the lock files made here
+_HELD_LOCKS: dict[tuple[int, str], int] = {}  # (pid, lock file) held by this process -> how many PidLocks hold it
 
-    A live owner makes it wait up to `wait` seconds, then raise a one-line AvvpError saying that `subject`
-    (default: the lock's folder) is in use by `holder` (e.g. "another sweep").
+
+class PidLock:
+    """A lock file naming its owner, `PID HOST` (one line, e.g. `4242 node07`), created exclusively.
+
+    A lock left by a dead process of this machine is taken over; a lock of another machine (sharing the folder
+    on a network file system) never is, since its pid cannot be checked from here: the error says to delete the
+    file once that process is known to be gone. A lock file of avvp versions before the host was recorded holds
+    the pid alone and is read as this machine's. A live owner makes it wait up to `wait` seconds, then raise a
+    one-line AvvpError saying that `subject` (default: the lock's folder) is in use by `holder` (e.g. "another
+    sweep"), naming the owner's pid and host. Within one process the lock is re-entrant: a PidLock on a file this
+    process already holds (e.g. `train` under `avvp sweep --only`, which holds the run's lock around it) holds it
+    too, and the file goes when the outermost one exits.
     """
 
     def __init__(self, path: str | Path, holder: str, *, subject: str | Path | None = None, wait: float = 0.0) -> None:
@@ -291,7 +301,15 @@ class PidLock:
         self.subject = subject if subject is not None else self.path.parent
         self.wait = wait
 
+    @property
+    def _key(self) -> tuple[int, str]:
+        """This lock in `_HELD_LOCKS`; with the pid, so that a forked child holds none of its parent's locks."""
+        return os.getpid(), os.path.abspath(self.path)
+
     def __enter__(self) -> PidLock:  # noqa: PYI034
+        if self._key in _HELD_LOCKS:
+            _HELD_LOCKS[self._key] += 1
+            return self
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -304,36 +322,61 @@ class PidLock:
                 if time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
-                raise AvvpError(
-                    f"{self.subject} is in use by {self.holder} (pid {owner or 'unknown'}); wait for it, or delete "
-                    f"{self.path} if that process is gone"
-                ) from None
+                raise AvvpError(self._in_use(owner)) from None
             except OSError as err:
                 raise AvvpError(f"cannot create {self.path}: {err.strerror or err}") from None
             with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
+                handle.write(f"{os.getpid()} {LOCK_HOST}\n")
+            _HELD_LOCKS[self._key] = 1
             return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        _HELD_LOCKS[self._key] -= 1
+        if _HELD_LOCKS[self._key] == 0:
+            del _HELD_LOCKS[self._key]
+            self.path.unlink(missing_ok=True)
 
     def remove_if_stale(self) -> None:
-        """Remove the lock where a killed process left it, without taking it (a live owner's stays): for a
-        command that finds nothing left to do under it."""
-        if self.path.exists():
+        """Remove the lock where a killed process of this machine left it, without taking it (a live owner's, or
+        another machine's, stays): for a command that finds nothing left to do under it."""
+        if self.path.exists() and self._key not in _HELD_LOCKS:
             owner = self._owner()
             if self._stale(owner):
                 self._take_over(owner)
 
-    def _stale(self, owner: int | None) -> bool:
-        """Whether the lock file was left by a process that is gone (empty: killed before it wrote its pid)."""
-        return (owner is None and self._age() > 5.0) or (owner is not None and not pid_alive(owner))
+    def _in_use(self, owner: tuple[int, str] | None) -> str:
+        """The one-line refusal: who holds the lock, and how to clear it once that process is gone."""
+        if owner is None:
+            return f"{self.subject} is in use by {self.holder} (pid unknown); wait for it, or delete {self.path}"
+        pid, host = owner
+        if host != LOCK_HOST:
+            return (
+                f"{self.subject} is in use by {self.holder} (pid {pid} on host {host}, another machine: whether it "
+                f"still runs cannot be checked from here); wait for it, or once that process is gone (e.g. "
+                f"`ssh {host} ps -p {pid}` finds nothing, or its job has ended) delete {self.path}"
+            )
+        return (
+            f"{self.subject} is in use by {self.holder} (pid {pid} on host {host}); wait for it, or delete "
+            f"{self.path} if that process is gone"
+        )
 
-    def _owner(self) -> int | None:
+    def _stale(self, owner: tuple[int, str] | None) -> bool:
+        """Whether the lock file was left by a process of this machine that is gone (empty: killed before it wrote
+        its pid). Another machine's lock is never stale here: its pid means nothing on this machine."""
+        if owner is None:
+            return self._age() > 5.0
+        pid, host = owner
+        return host == LOCK_HOST and not pid_alive(pid)
+
+    def _owner(self) -> tuple[int, str] | None:
+        """(pid, host) of the lock file; a pid alone (earlier versions) is this machine's; None where unreadable."""
         try:
-            return int(self.path.read_text().strip())
+            fields = self.path.read_text().split()
+            if len(fields) in (1, 2):
+                return int(fields[0]), fields[1] if len(fields) == 2 else LOCK_HOST
         except (OSError, ValueError):
-            return None
+            pass
+        return None
 
     def _age(self) -> float:
         """Seconds since the lock file was made (infinite where it is gone: nothing to wait for)."""
@@ -344,7 +387,7 @@ class PidLock:
         except OSError:
             return 0.0
 
-    def _take_over(self, owner: int | None) -> None:
+    def _take_over(self, owner: tuple[int, str] | None) -> None:
         if self._owner() != owner:
             return  # taken meanwhile by another process
         try:
