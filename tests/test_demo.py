@@ -59,7 +59,7 @@ def test_results_json_has_exactly_the_documented_structure(demo_run):
 
 
 def test_results_json_scores_are_the_spec_metrics_of_the_test_predictions_and_the_oracle(demo_run):
-    """results.json against the plain per-video parse and metrics of spec section 5 (tests/reference_metrics.py):
+    """results.json against the plain per-video parse and metrics of the official evaluation (tests/reference_metrics.py):
     each model on the test predictions it wrote, the oracle on each test video's labels over all 10 segments."""
     out, _ = demo_run
     results = json.loads((out / "results.json").read_text())

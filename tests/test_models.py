@@ -279,7 +279,7 @@ def test_mgn_initialisation():
     assert torch.equal(model.audio_cug.blocks[0].norm1.weight, torch.ones(64))
 
 
-# The authors' parameter counts (MGN paper, supplement Table 1; issue 3).
+# The authors' parameter counts (the released checkpoints; sizes as in the MGN supplement's Table 1).
 MGN_COUNTS = {
     (1, 1, 2): 2_779_889,
     (2, 2, 4): 3_572_977,

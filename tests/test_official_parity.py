@@ -50,7 +50,7 @@ def test_imported_authors_mgn_reproduces_their_outputs(fixture_arrays, official_
     model, info = load_model(official_checkpoint)
     assert info["format"] == "official"
     # The configuration of ../shared/README.md (dim 32, CUG depths 1/2, MCG depth 1, Softmax/Softmax); the authors'
-    # checkpoint holds no stochastic depth rate, so it is the recipe's 0.1 (spec section 3, SelfBlock).
+    # checkpoint holds no stochastic depth rate, so it is the recipe's 0.1 (the authors' default for every SelfBlock).
     expected_config = {
         "dim": 32,
         "depth_audio": 1,

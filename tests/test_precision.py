@@ -1,6 +1,6 @@
 """bf16 autocast agrees with fp32: probabilities within a stated tolerance, parses nearly identical.
 
-Stated tolerance (README, bench/README.md): bf16 probabilities within 0.05 of fp32 (mean difference under 0.01), and
+Stated tolerance (README, `--precision` help): bf16 probabilities within 0.05 of fp32 (mean difference under 0.01), and
 at most 2 % of the parse decisions flip, which moves the official scores by at most a few tenths of a point on
 LLP-sized splits. CPU autocast exercises the same code path as CUDA's.
 """

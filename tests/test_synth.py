@@ -192,7 +192,7 @@ def test_a_stale_folder_of_another_generator_version_is_not_reused(tmp_path):
 
 
 def test_label_statistics_match_llp(many_labels):
-    """Targets from real LLP test (issue 4); tolerances are ~3 standard errors of the difference between the
+    """Targets from real LLP test; tolerances are ~3 standard errors of the difference between the
     real statistic (1,200 test videos, ~2,200 labelled pairs) and ours (5,000 videos), plus the targets'
     rounding. E.g. classes per video: sd 0.7, SE 0.02 real / 0.01 ours -> 0.07; audible-and-visible share:
     SE 0.010 / 0.005 -> 0.035; segments per audible event: sd 3.2 over ~2,100 / ~8,000 events -> 0.3."""
@@ -220,7 +220,7 @@ def test_class_frequencies_follow_llp_train(many_labels, llp_dir):
 
 
 def test_label_statistics_measured_on_real_llp(llp_dir):
-    """label_statistics on real LLP test gives the issue's numbers (so the synth comparison is like for like)."""
+    """label_statistics on real LLP test gives the numbers the generator was tuned to (so the synth comparison is like for like)."""
     stats = label_statistics(load_split(llp_dir, "test"))
     assert stats["classes_per_video"] == pytest.approx(1.8, abs=0.02)
     assert stats["audible_and_visible"] == pytest.approx(0.61, abs=0.01)

@@ -1,4 +1,4 @@
-"""The training objective: named loss terms, each per video or per step, each with a weight (spec section 3).
+"""The training objective: named loss terms, each per video or per step, each with a weight (the authors' recipe by default).
 
 Every model trains on the three video-level BCE terms below (`p_av`, `p_a`, `p_v`); a model adds its own terms
 through the registry (`register_model(..., loss_terms=...)`: MGN's class-token cross-entropies). The loss of a step

@@ -1,4 +1,4 @@
-"""`avvp models`: the registered models (built-in and plugins), and the parameter table of the paper's Table 1."""
+"""`avvp models`: the registered models (built-in and plugins), and the parameter table of the MGN supplement's Table 1."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models",
-        help="list the registered models (MGN, HAN, plugins) and the sizes of the paper's Table 1 configurations",
+        help="list the registered models (MGN, HAN, plugins) and the sizes of the configurations of Table 1 of the MGN paper's supplementary material",
         description="List every registered model: MGN and HAN, and the plugins' models found through $AVVP_PLUGINS "
         "(comma-separated modules) or installed packages' `avvp.models` entry points, with the config fields "
         "`--model-arg KEY=VALUE` sets, the loss terms `--loss-weight NAME=W` weighs, and what each supports. Then "
-        "build HAN and every MGN configuration of the MGN paper's Table 1 and print their parameter counts and float32 "
+        "build HAN and every MGN configuration of Table 1 of the MGN paper's supplementary material and print their parameter counts and float32 "
         "sizes (MB = parameters x 4 / 10^6), next to the sizes the paper reports.",
     )
     parser.add_argument("--json", action="store_true", help="print both lists as JSON instead of tables")
@@ -50,7 +50,7 @@ def registered_rows() -> list[dict[str, Any]]:
 
 
 def paper_rows() -> list[dict[str, Any]]:
-    """The configurations of the paper's Table 1 (HAN twice: the parameters its forward uses, and its released
+    """The configurations of the MGN supplement's Table 1 (HAN twice: the parameters its forward uses, and its released
     checkpoint, which the paper counts)."""
     from avvp.models import ModelSize, model_size_table
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         abilities.append("stackable (sweep --stack)" if row["stackable"] else "not stackable")
         abilities.append("--no-cross-modal" if row["cross_modal_free"] else "no cross-modal-free form")
         print(f"  {'':<10} {', '.join(abilities)}")
-    print("\nThe MGN paper's Table 1:")
+    print("\nTable 1 of the MGN paper's supplementary material (CUG and MCG depths):")
     print(f"{'model':<13} {'parameters':>11} {'MB':>6} {'paper MB':>9}  note")
     for row in paper:
         mb = f"{row['paper_mb']:.0f}" if row["paper_mb"] is not None else "-"
