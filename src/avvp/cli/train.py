@@ -128,6 +128,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in config.json and metrics.jsonl): more --epochs, --eval-batch-size, --loader-workers, --stream, --compile; "
         "a run ended by early stopping stays ended",
     )
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write each epoch's metrics and weighted loss terms as TensorBoard scalars into DIR (step: the "
+        "epoch; best outside the run folder); metrics.jsonl stays the record. A run option, not a setting: not in "
+        "config.json, free to add, change or drop on --resume. Needs the tensorboard package: "
+        'pip install "avvp[tensorboard]"',
+    )
     add_model_args(parser)
     add_device_arg(parser)
     parser.set_defaults(func=run)
@@ -171,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         resume=args.resume,
         skip_bad_rows=args.skip_bad_rows,
+        tensorboard=args.tensorboard,
     )
     if result.test_scores is not None:  # the main process (the others under torchrun have nothing to say)
         best = f"best epoch {result.best_epoch} (val segment Type@AV {result.best_val_type:.2f})"

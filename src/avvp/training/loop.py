@@ -63,6 +63,7 @@ from avvp.training.run import (
     TimeLeft,
     TrainingData,
 )
+from avvp.training.tensorboard import TensorBoard, require_tensorboard
 from avvp.utils import format_duration, progress_bar
 
 
@@ -91,6 +92,7 @@ def train(
     val_features: str | Path | None = None,
     skip_bad_rows: bool = False,
     time_left: TimeLeft | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train one model with `config`, validating each epoch; keeps the best epoch and scores it on test.
 
@@ -100,14 +102,19 @@ def train(
     `skip_bad_rows` skips malformed rows of the annotation files (with a warning) instead of stopping. With
     `config.patience`, the run ends early once `config.stops_after` says so (the best epoch is still the one kept
     and tested; last.pt records the stop, so `--resume` does not train on). `time_left` gives the ETA printed on
-    each epoch line (default: the epochs left of this run at the mean epoch time).
+    each epoch line (default: the epochs left of this run at the mean epoch time). `tensorboard`, a folder, also
+    gets each epoch as TensorBoard scalars (`avvp.training.tensorboard`; a run option, not a setting: it changes no
+    result, so it is not in config.json and a resumed run may add, change or drop it).
     """
+    if tensorboard is not None:
+        require_tensorboard()  # before the run folder is touched
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         held.callback(close_distributed)  # the process group too (last: after the lock)
         val_path = Path(val_features) if val_features else None
         sources = DataSources(Path(features), Path(annotations), val_path, skip_bad_rows)
         display = Display(progress, time_left=time_left)
         run, standing = _set_up(config, sources, Path(out_dir), device, resume, display, held)
+        board = _open_board(run, standing, tensorboard, held)
         stepper = _make_stepper(run)
         train_seconds = 0.0
         for epoch in range(standing.start_epoch, config.epochs + 1):
@@ -118,7 +125,7 @@ def train(
             seconds = time.perf_counter() - started
             train_seconds += seconds
             with fail_together(run.ctx):  # the main process validates; an error there stops every process
-                best = _validate(run, standing, epoch, losses, lr, seconds, started) if run.ctx.is_main else None
+                best = _validate(run, standing, epoch, losses, lr, seconds, started, board) if run.ctx.is_main else None
             _check_early_stop(run, standing, epoch)
             _save_state(run, standing, epoch, best)
         with fail_together(run.ctx):
@@ -225,6 +232,22 @@ def _training_targets(config: TrainConfig, sources: DataSources, data: SplitData
         return np.asarray(data.split.labels, dtype=np.float32)
     full = load_split(sources.annotations, "train", skip_bad_rows=sources.skip_bad_rows)
     return training_targets(config.modality_labels, full, data.split)
+
+
+def _open_board(
+    run: Run, standing: Standing, log_dir: str | Path | None, held: contextlib.ExitStack
+) -> TensorBoard | None:
+    """The run's TensorBoard writer into `log_dir`: the main process's (None on the others, and without `log_dir`),
+    hiding events logged from the first epoch trained now on, and closed with `held` however the run ends."""
+    if log_dir is None:
+        return None
+    with fail_together(run.ctx):  # a folder that cannot be created stops every process
+        if not run.ctx.is_main:
+            return None
+        weights = resolve_weights(run.config.model, run.config.loss_weights)
+        board = TensorBoard(Path(log_dir), standing.start_epoch, weights)
+        held.callback(board.close)
+    return board
 
 
 def _device_and_context(device: torch.device) -> tuple[torch.device, DistributedContext]:
@@ -336,10 +359,17 @@ def _mean_losses(
 
 
 def _validate(
-    run: Run, standing: Standing, epoch: int, losses: dict[str, float], lr: float, seconds: float, started: float
+    run: Run,
+    standing: Standing,
+    epoch: int,
+    losses: dict[str, float],
+    lr: float,
+    seconds: float,
+    started: float,
+    board: TensorBoard | None = None,
 ) -> dict[str, Any] | None:
-    """Score the validation split, append the epoch to metrics.jsonl and print one line; returns the metadata of
-    best.safetensors when this epoch is the best so far (ties: the later epoch), else None."""
+    """Score the validation split, append the epoch to metrics.jsonl (and `board`) and print one line; returns the
+    metadata of best.safetensors when this epoch is the best so far (ties: the later epoch), else None."""
     model, val_data = run.learner.model, run.data.val
     scores, predictions = score_split(model, val_data, batch_size=run.config.eval_batch_size, device=run.device)
     record = _epoch_record(run, epoch, losses, lr, scores, seconds, started)
@@ -347,9 +377,11 @@ def _validate(
         record["resumed"] = {"after_epoch": standing.start_epoch - 1, "changed": standing.resumed_changes}
         standing.resumed_changes = {}
     validation_record = spec_of(model).validation_record  # e.g. MGN's class tokens against the truth (Figure 2)
-    if validation_record is not None:
-        record |= resolve(validation_record)(predictions, val_data.split)
+    model_record = resolve(validation_record)(predictions, val_data.split) if validation_record is not None else {}
+    record |= model_record
     _append_jsonl(run.metrics_path, record)
+    if board is not None:
+        board.write_epoch(record, model_record.keys())
     type_score = scores.segment["type"]
     message = (
         f"{run.display.label}epoch {epoch}/{run.config.epochs}: loss {losses['total']:.4f}, "

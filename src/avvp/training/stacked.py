@@ -20,6 +20,7 @@ from avvp.training.loop import (
     _check_early_stop,
     _end_epoch,
     _epoch_batches,
+    _open_board,
     _result,
     _set_up,
     _test,
@@ -28,6 +29,7 @@ from avvp.training.loop import (
 )
 from avvp.training.persistence import _save_state
 from avvp.training.run import DataSources, Display, Run, Standing, Stepper
+from avvp.training.tensorboard import TensorBoard, require_tensorboard
 from avvp.utils import progress_bar
 
 
@@ -39,6 +41,7 @@ class _Member:
     standing: Standing
     stepper: Stepper  # over the training tensors shared by the runs
     seconds: float = 0.0  # the training time of the stacked epochs it took part in
+    board: TensorBoard | None = None  # its TensorBoard writer, with `tensorboard`
 
     def trains(self, epoch: int) -> bool:
         """Whether this run trains `epoch` (runs saved at different epochs catch up in turn)."""
@@ -54,6 +57,7 @@ def train_stacked(
     device: torch.device | str = "cpu",
     resume: Sequence[bool] | None = None,
     progress: bool = True,
+    tensorboard: str | Path | None = None,
 ) -> list[TrainResult]:
     """Train several runs of one configuration at once as one stacked model (typically the seeds of a sweep row).
 
@@ -61,14 +65,20 @@ def train_stacked(
     initial weights and shuffled batches as when trained alone; its steps are `avvp.steps.StackedTrainStep`s, whose
     maths is each run's own but whose drop-path, dropout and Gumbel noise comes from one stream shared by the runs
     (config.json lists them under "stacked"). `resume[i]` resumes run i from its last.pt; runs saved at different
-    epochs catch up in turn. The training time of a stacked epoch is counted for each of its runs.
+    epochs catch up in turn. The training time of a stacked epoch is counted for each of its runs. With
+    `tensorboard`, a folder, each run writes its TensorBoard scalars as `train` does, into the subfolder named as its
+    run folder (`tensorboard/<run folder's name>`, so these names must differ).
     """
     _check_stackable(configs)
+    boards = _board_folders(tensorboard, out_dirs)
     with contextlib.ExitStack() as held:
         sources = DataSources(Path(features), Path(annotations))
         set_up = _set_up_runs(configs, sources, out_dirs, device, resume or [False] * len(configs), progress, held)
         steppers = _share_training_tensors([run for run, _ in set_up])
-        members = [_Member(run, standing, stepper) for (run, standing), stepper in zip(set_up, steppers)]
+        members = [
+            _Member(run, standing, stepper, board=_open_board(run, standing, board, held))
+            for (run, standing), stepper, board in zip(set_up, steppers, boards)
+        ]
         first = min(member.standing.start_epoch for member in members)
         last = max(member.run.config.epochs for member in members)
         for epoch in range(first, last + 1):
@@ -94,6 +104,21 @@ def _check_stackable(configs: Sequence[TrainConfig]) -> None:
     unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
     if unsupported:
         raise AvvpError(f"stacked runs: {', '.join(unsupported)} not supported; train these runs one at a time")
+
+
+def _board_folders(tensorboard: str | Path | None, out_dirs: Sequence[str | Path]) -> list[Path | None]:
+    """Each run's TensorBoard folder: `tensorboard/<its run folder's name>` (none without `tensorboard`); checked
+    before any run folder is touched."""
+    if tensorboard is None:
+        return [None] * len(out_dirs)
+    require_tensorboard()
+    names = [Path(out_dir).name for out_dir in out_dirs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise AvvpError(
+            f"stacked runs writing TensorBoard scalars need run folders of different names, not {', '.join(repeated)}"
+        )
+    return [Path(tensorboard) / name for name in names]
 
 
 def _set_up_runs(
@@ -136,7 +161,7 @@ def _stacked_epoch(members: list[_Member], epoch: int) -> None:
     elapsed = time.perf_counter() - started
     for member, (losses, lr) in zip(members, ends):
         member.seconds += elapsed
-        best = _validate(member.run, member.standing, epoch, losses, lr, elapsed, started)
+        best = _validate(member.run, member.standing, epoch, losses, lr, elapsed, started, member.board)
         _check_early_stop(member.run, member.standing, epoch)
         _save_state(member.run, member.standing, epoch, best)
 
