@@ -148,10 +148,11 @@ def train(
     device: str = "cpu",
     resume: bool = False,
     progress: bool = True,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train a registered model with a recipe (`avvp.TrainConfig`, or a dict of its fields) as `avvp train` does;
     returns the `TrainResult`, whose `out_dir` is the run folder (config.json, metrics.jsonl, best.safetensors,
-    test_scores.json)."""
+    test_scores.json). `tensorboard`: also write each epoch as TensorBoard scalars into that folder."""
     from avvp.recipe import TrainConfig
     from avvp.training import train as run
 
@@ -159,5 +160,5 @@ def train(
         config = TrainConfig.from_dict(config)
     return run(
         config, features=features, annotations=annotations, out_dir=out_dir, device=device, resume=resume,
-        progress=progress,
+        progress=progress, tensorboard=tensorboard,
     )  # fmt: skip

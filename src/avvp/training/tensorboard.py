@@ -18,7 +18,7 @@ is flushed as it is written, so TensorBoard shows it at once and a kill loses at
 epoch or later (a killed run's epochs after its last saved one), so a resumed run shows each epoch once; a new run
 purges from epoch 1 (a run killed before its first checkpoint starts again from scratch).
 
-The `tensorboard` package is optional (`pip install "avvp[tensorboard]"`) and imported only when a run asks for it;
+The `tensorboard` package is optional (`pip install tensorboard`, or the `tensorboard` extra) and imported only when a run asks for it;
 its absence is one AvvpError, raised before the run folder is touched.
 """
 
@@ -34,7 +34,7 @@ from avvp.utils import output_path, write_error
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-INSTALL = 'pip install "avvp[tensorboard]"'
+INSTALL = 'pip install tensorboard (in a checkout of avvp: pip install -e ".[tensorboard]")'
 TIMES = ("train_seconds", "epoch_seconds", "videos_per_second")  # metrics.jsonl keys logged as time/<key>
 
 
