@@ -4,9 +4,14 @@ their defaults, over seeds; write the table."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avvp.cli.common import add_annotations_arg, add_early_stopping_args, early_stopping_from_args, resolve_annotations
 from avvp.recipe import TrainConfig
+
+if TYPE_CHECKING:
+    from avvp.sweep import PlannedRun, SweepConfig
 
 KINDS_HELP = {
     "depth": "Table 1: HAN and MGN with CUG/MCG depths (1,1,2), (2,2,4), (3,3,6), (4,4,8), (3,3,3), (6,6,3)",
@@ -45,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their default configurations (models), once per seed, each run in OUT/<config>-seed<k>/ (a normal "
         "`avvp train` run folder), then write OUT/table.md and OUT/table.csv (test split, mean ± std over seeds, best "
         "in bold). Resumable: run the same command again; finished runs are reused, a killed run continues from its "
-        "last.pt (or restarts if it had none).",
+        "last.pt (or restarts if it had none). On a cluster, --print-commands prints one command per unfinished run "
+        "(the same sweep with --only RUN) for a scheduler's array job, and --table-only then collects the tables.",
     )
     kinds = parser.add_subparsers(dest="sweep_kind", metavar="KIND", required=True)
     for kind, help_text in KINDS_HELP.items():
@@ -117,6 +123,21 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
     )
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--only", metavar="RUN",
+        help="train this one run of the sweep (a run folder's name, e.g. mgn-3-3-6-seed2) in this process, with the "
+        "sweep's rules (reused if finished, resumed from last.pt, a folder of another recipe refused), under its run "
+        "folder's lock: several --only processes may work in one sweep folder at once, one per run. Writes no table "
+        "(collect them with --table-only) and OUT/sweep.json only where there is none; not with --workers, --devices "
+        "or --stack",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--print-commands", action="store_true",
+        help="train nothing: check every run folder, write OUT/sweep.json and print one command per unfinished run "
+        "(this sweep with --only RUN, every setting and $AVVP_PLUGINS where needed), e.g. for a cluster's array job; "
+        "nothing when every run is finished (said on stderr)",
+    )  # fmt: skip
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -139,20 +160,37 @@ def _devices(args: argparse.Namespace) -> list[str]:
     return [str(resolve_device(name)) for name in names or [args.device or "auto"]]
 
 
+def plan_from_args(args: argparse.Namespace) -> tuple[list[SweepConfig], list[int], list[PlannedRun]]:
+    """The sweep's rows, seeds and runs as its flags give them (`--only` commands are planned the same way)."""
+    from avvp.sweep import plan_runs, sweep_configs
+
+    names = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else None
+    configs = sweep_configs(args.sweep_kind, names)
+    seeds = _parse_seeds(args.seeds)
+    base = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_step=args.lr_step,
+        precision=args.precision,
+        max_train_videos=args.max_train_videos,
+        **early_stopping_from_args(args),
+    )
+    runs = plan_runs(configs, seeds, Path(args.out), base, dim=args.dim, modality_labels=args.modality_labels)
+    return configs, seeds, runs
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from avvp.errors import AvvpError
     from avvp.sweep import (
         check_modality_label_files,
         collect_rows,
         collect_run_summaries,
-        plan_runs,
         read_sweep_recipe,
         run_status,
         run_sweep,
-        sweep_configs,
         worker_devices,
         write_sweep_record,
         write_tables,
@@ -167,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
+    _check_cluster_flags(args)
     features = annotations = None  # a table needs only the finished runs' records, not the data
     if not args.table_only:
         if not args.features:
@@ -175,20 +214,10 @@ def run(args: argparse.Namespace) -> int:
         if not features.exists():
             raise AvvpError(f"--features {args.features}: does not exist")
         annotations = resolve_annotations(args.annotations).resolve()
-    names = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else None
-    configs = sweep_configs(args.sweep_kind, names)
-    seeds = _parse_seeds(args.seeds)
-    base = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_step=args.lr_step,
-        precision=args.precision,
-        max_train_videos=args.max_train_videos,
-        **early_stopping_from_args(args),
-    )
+    configs, seeds, runs = plan_from_args(args)
     out = Path(args.out)
-    runs = plan_runs(configs, seeds, out, base, dim=args.dim, modality_labels=args.modality_labels)
+    if args.only or args.print_commands:
+        return _one_run_per_process(args, runs, features, annotations)
     failed: dict[str, str] = {}
     if not args.table_only:
         slots = worker_devices(_devices(args), args.workers)
@@ -214,3 +243,61 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in failed.items():
         print(f"avvp sweep: run {name} failed: {reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_cluster_flags(args: argparse.Namespace) -> None:
+    """--only and --print-commands: one run per process, on one device; not with the flags of this machine's
+    parallelism (--workers, --devices, --stack), nor with --table-only."""
+    from avvp.errors import AvvpError
+
+    flag = "--only" if args.only else "--print-commands" if args.print_commands else None
+    if flag is None:
+        return
+    given = [name for name, value in (("--table-only", args.table_only), ("--workers", args.workers is not None),
+                                      ("--devices", args.devices), ("--stack", args.stack)) if value]  # fmt: skip
+    if given:
+        raise AvvpError(
+            f"{flag}: one run per process on one device, so not with {', '.join(given)} (give --device to choose "
+            "the device; --table-only collects the tables once the runs are finished)"
+        )
+
+
+def _one_run_per_process(args: argparse.Namespace, runs: list[PlannedRun], features: Path, annotations: Path) -> int:
+    """--only RUN (train that run here) or --print-commands (the --only command of every unfinished run)."""
+    import sys
+
+    from avvp.cli.common import resolve_device
+    from avvp.sweep import (
+        check_modality_label_files,
+        only_commands,
+        run_status,
+        select_run,
+        train_only,
+        write_sweep_record,
+    )
+
+    out = runs[0].run_dir.parent
+    if args.only:
+        run = select_run(runs, args.only)
+        check_modality_label_files([run])
+        run_status(run, features, annotations)  # a folder of another recipe is refused before anything is written
+        device = str(resolve_device(args.device or "auto"))
+        out.mkdir(parents=True, exist_ok=True)
+        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels, only_if_absent=True)
+        outcome = train_only(run, features=features, annotations=annotations, device=device)
+        said = {"reused": "finished already, nothing to do", "trained": "trained", "resumed": "resumed and finished"}
+        print(f"sweep {args.sweep_kind} --only {run.name}: {said[outcome]} (collect the tables with --table-only)")
+        return 0
+    check_modality_label_files(runs)
+    todo = [run for run in runs if run_status(run, features, annotations) != "done"]  # every folder checked first
+    out.mkdir(parents=True, exist_ok=True)
+    write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels)
+    for line in only_commands(args.sweep_kind, runs, todo, features=features, annotations=annotations, dim=args.dim,
+                              modality_labels=args.modality_labels, device=args.device):  # fmt: skip
+        print(line)
+    if todo:
+        print(f"avvp sweep: {len(todo)} command(s), one per unfinished run of {len(runs)}", file=sys.stderr)
+    else:
+        print(f"avvp sweep: every run of {out} is finished: no command to print (collect the tables with "
+              "--table-only)", file=sys.stderr)  # fmt: skip
+    return 0

@@ -17,10 +17,16 @@ with each run's log in OUT/logs/; the workers import the modules of the models r
 (`registry.plugin_modules`) before their first run. With `--stack`, the seeds of each row of a stackable model (MGN)
 train together as one stacked model.
 
+On a cluster, `--only RUN` trains one run of the sweep in its own process (several at once in one folder, each
+under its run folder's lock) and `--print-commands` prints that command for every unfinished run, for a
+scheduler's array job (`cluster`).
+
 The parts: `definitions` (the rows of each kind), `plan` (runs and the state of their folders), `runner` (training
-them), `report` (the tables), `record` (OUT/sweep.json) and `predictions` (a finished run's cached test predictions).
+them), `cluster` (one run per process), `report` (the tables), `record` (OUT/sweep.json) and `predictions` (a
+finished run's cached test predictions).
 """
 
+from avvp.sweep.cluster import only_commands, select_run, train_only
 from avvp.sweep.definitions import (
     ASSIGN_TITLES,
     SWEEP_KINDS,
@@ -65,15 +71,18 @@ __all__ = [
     "make_jobs",
     "modality_label_file",
     "model_configs",
+    "only_commands",
     "plan_runs",
     "read_run_config",
     "read_sweep_recipe",
     "run_status",
     "run_sweep",
     "run_test_predictions",
+    "select_run",
     "sweep_configs",
     "train_command",
     "train_job",
+    "train_only",
     "worker_devices",
     "write_sweep_record",
     "write_tables",

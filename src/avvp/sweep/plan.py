@@ -141,9 +141,10 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[
 
 
 def run_status(run: PlannedRun, features: Path, annotations: Path) -> str:
-    """'done' (test_scores.json present), 'resume' (last.pt present), 'restart' (partial folder) or 'new'."""
+    """'done' (test_scores.json present), 'resume' (last.pt present), 'restart' (partial folder) or 'new' (no
+    folder, or one holding only hidden entries: a lock, as `train` counts them)."""
     folder = run.run_dir
-    if not folder.exists() or not any(folder.iterdir()):
+    if not folder.exists() or not any(not entry.name.startswith(".") for entry in folder.iterdir()):
         return "new"
     if _check_same_run(run, features, annotations):  # e.g. --epochs raised: a finished run trains on
         return "resume" if (folder / "last.pt").exists() else "restart"

@@ -41,10 +41,16 @@ def write_sweep_record(
     features: Path,
     annotations: Path,
     modality_labels: str | None = None,
+    *,
+    only_if_absent: bool = False,
 ) -> None:
     """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later. Its run list
     keeps the runs of earlier commands on the same folder (other --configs or --seeds) and adds these;
-    `modality_labels` is the sweep's --modality-labels as given (a template)."""
+    `modality_labels` is the sweep's --modality-labels as given (a template). With `only_if_absent` (`sweep
+    --only`, many processes at once), an existing sweep.json is left as it is: never rewritten from a merge that a
+    concurrent writer may have outdated (the commands of one sweep would all write the same record)."""
+    if only_if_absent and (out_dir / "sweep.json").exists():
+        return
     planned = [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs]
     earlier = (_read_json(out_dir / "sweep.json") or {}).get("runs", [])
     names = {entry["name"] for entry in planned}
