@@ -140,7 +140,7 @@ def test_without_the_package_the_flag_is_one_error_line(tiny_llp: Path, tmp_path
     run, board = tmp_path / "run", tmp_path / "board"
     status, out, err = cli(capsys, *_args(tiny_llp, run, *TINY_HAN, "--epochs", "1", "--tensorboard", board))
     assert status == 2 and err.count("\n") == 1 and out == ""
-    assert 'needs the tensorboard package, which is not installed: pip install tensorboard' in err
+    assert "needs the tensorboard package, which is not installed: pip install tensorboard" in err
     assert not run.exists() and not board.exists()
 
 

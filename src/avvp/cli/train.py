@@ -134,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write each epoch's metrics and weighted loss terms as TensorBoard scalars into DIR (step: the "
         "epoch; best outside the run folder); metrics.jsonl stays the record. A run option, not a setting: not in "
         "config.json, free to add, change or drop on --resume. Needs the tensorboard package: "
-        'pip install tensorboard (the tensorboard extra)',
+        "pip install tensorboard (the tensorboard extra)",
     )
     add_model_args(parser)
     add_device_arg(parser)

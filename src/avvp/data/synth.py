@@ -102,7 +102,9 @@ _SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
 _LABEL_STREAM, _FEATURE_STREAM, _ID_STREAM, _PATTERN_STREAM = 0, 1, 2, 3
 
 
-GENERATOR_VERSION = 2  # the feature model; 1 was the mixture of per-class patterns in feature space (docs/synth.md, history)
+GENERATOR_VERSION = (
+    2  # the feature model; 1 was the mixture of per-class patterns in feature space (docs/synth.md, history)
+)
 
 
 @dataclass(frozen=True)
