@@ -34,7 +34,10 @@ def _modality_labels(tiny: Path, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["weak-labels", "modality-labels", "cross-modal-free"])
+CASES = ["weak-labels", "modality-labels", "cross-modal-free"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, case: str) -> None:
     """Also in the cross-modal-free form (`--no-cross-modal`), which leaves the cross-modal attention without
     gradients: DDP must not wait for them."""
@@ -54,8 +57,7 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, case: str)
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29517 + ["weak-labels", "modality-labels", "cross-modal-free"].index(case)),  # one port per case: the
-        # last case's may still be closing
+        str(29517 + CASES.index(case)),  # one port per case: the last case's may still be closing
         "-m",
         "avvp",
         "train",
@@ -167,3 +169,23 @@ def test_an_error_on_the_main_process_alone_stops_the_other_with_it(tiny_llp: Pa
     assert [process.returncode for process in processes] == [2, 2], errors
     assert errors[0].startswith(f"avvp train: error: {out} was trained with other settings (lr:")
     assert errors[1] == errors[0].replace("error: ", "error: process 0 stopped: ", 1)
+
+
+def test_a_loss_term_of_weight_0_is_refused_under_torchrun(tiny_llp: Path, tmp_path: Path) -> None:
+    """A term of weight 0 leaves the weights only it trains without gradients (here HAN's modality attention, which
+    only p_av uses), which DDP cannot synchronise: both processes stop with one line, before the run folder."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
+    args += ["--loss-weight", "p_av=0"]
+    store = torch.distributed.TCPStore("127.0.0.1", 29535, 2, is_master=True, wait_for_workers=False)
+    processes = [_launch(rank, 29535, args) for rank in (0, 1)]
+    try:
+        ended = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+        del store
+    assert [process.returncode for process in processes] == [2, 2], [stderr for _, stderr in ended]
+    for _, stderr in ended:
+        assert "a term of weight 0 (p_av) is not supported under torchrun" in stderr.strip().splitlines()[-1]
+    assert not out.exists()

@@ -166,3 +166,14 @@ def test_an_installed_packages_entry_point_registers_its_model(monkeypatch: pyte
     assert avvp.list_models() == ["mgn", "han", "toy"]
     assert "the avvp.models entry point gone (no_such_module) failed to load" in caplog.text
     sys.modules.pop(PLUGIN, None)
+
+
+def test_a_model_is_recorded_under_the_module_that_registered_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What worker processes and printed commands import is the module that called register_model, not the module
+    of its factory (a plugin may register a class defined elsewhere, or name it lazily)."""
+    from avvp.models import HANConfig
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    avvp.register_model("han-elsewhere", config=HANConfig, factory="avvp.models.han:HAN")
+    assert registry.get_spec("han-elsewhere").module == __name__
+    assert __name__ in registry.plugin_modules()

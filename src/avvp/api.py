@@ -120,6 +120,8 @@ def evaluate(
         split: "val" or "test".
         threshold: the parse's probability threshold (the official 0.5).
     """
+    import numpy as np
+
     from avvp.data.annotations import load_split
     from avvp.scoring import align_predictions, check_dense, check_predictions, load_predictions, score_aligned
 
@@ -131,7 +133,9 @@ def evaluate(
         if "filenames" not in predictions:
             raise AvvpError("evaluate: the predictions have no `filenames` (the video of each row)")
         names = [str(name) for name in predictions["filenames"]]
-        scored = {key: _to_numpy(predictions[key]) for key in ("audio", "visual", "video") if key in predictions}
+        scored = {
+            key: np.asarray(_to_numpy(predictions[key])) for key in ("audio", "visual", "video") if key in predictions
+        }
         if "audio" not in scored or "visual" not in scored:
             raise AvvpError("evaluate: the predictions need `audio` and `visual` [N, 10, 25] arrays")
         check_predictions(scored, names, "evaluate: the predictions")

@@ -187,8 +187,8 @@ def load_model(
             log.info(
                 "%s: dropped %d weights of modules the forward never uses: %s", path, len(dropped), ", ".join(modules)
             )
-    overrides = dict(config_overrides or {})
-    overrides |= {"unimodal_assign": unimodal_assign, "crossmodal_assign": crossmodal_assign}
+    named = {"unimodal_assign": unimodal_assign, "crossmodal_assign": crossmodal_assign}
+    overrides = dict(config_overrides or {}) | {key: value for key, value in named.items() if value is not None}
     config_values |= _given_overrides(get_spec(name), overrides, config_values if fmt == "avvp" else {}, path)
     try:
         config = make_config(name, **config_values)

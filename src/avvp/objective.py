@@ -8,7 +8,8 @@ is
     + sum over per-step terms k of  w_k * term_k
 
 with each weight its term's default (the authors' weights: all 1) unless `--loss-weight NAME=W` sets it. A term of
-weight 0 is not computed at all, so a run trains exactly as without it. Under DDP the per-sample sum is over the
+weight 0 is not computed at all, so a run trains exactly as without it (not under torchrun: the weights only that
+term trains would get no gradient, which DDP cannot synchronise; that is refused in one line). Under DDP the per-sample sum is over the
 process's shard, times the world size (DDP averages gradients over processes), which equals the global mean.
 """
 

@@ -220,7 +220,7 @@ def time_train_step(config: TrainConfig, device: torch.device, *, warmup: int = 
 
     state = torch.get_rng_state()
     try:
-        model = create_model(config.model, **config.model_overrides).to(device)
+        model = create_model(config.model, cross_modal=config.cross_modal, **config.model_overrides).to(device)
         precision = resolve_precision(config.precision, device)
         step = TrainStep(model, make_optimizer(model, config.lr), (), torch.zeros(0), config, device, precision,
                          DistributedContext())  # fmt: skip

@@ -162,7 +162,7 @@ def parse_loss_weights(items: list[str]) -> dict[str, float]:
             weight = float(text)
         except ValueError:
             weight = float("nan")
-        if not sep or not name.strip() or not weight >= 0:
+        if not sep or not name.strip() or not 0 <= weight < float("inf"):
             raise AvvpError(f"--loss-weight {item!r}: expected NAME=W with a weight W >= 0, e.g. audio_tokens=0.5")
         weights[name.strip()] = weight
     return weights

@@ -43,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_of(model)
     if args.official:
         export_official(model, out)
+        if not model.cross_modal:
+            log.warning(
+                "%s was trained in its cross-modal-free form, which the authors' format cannot record: their code "
+                "(and a re-import) runs it with the exchange between the modalities",
+                args.checkpoint,
+            )
         unrecorded = spec.official.unrecorded if spec.official else ()
         if unrecorded:
             settings = ", ".join(f"{key} {getattr(model.config, key)}" for key in unrecorded)

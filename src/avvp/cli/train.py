@@ -1,4 +1,5 @@
-"""`avvp train`: train MGN or HAN with the authors' recipe on features in the official layout (or a pack)."""
+"""`avvp train`: train a registered model (MGN, HAN or a plugin's) with the authors' recipe on features in the
+official layout (or a pack)."""
 
 from __future__ import annotations
 

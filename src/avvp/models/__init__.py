@@ -42,7 +42,8 @@ ASSIGN_KINDS = ("soft", "hard")
 
 @dataclass
 class ParseOutput:
-    """What every model returns: probabilities at video and segment level (and MGN's extras).
+    """What every model returns: probabilities at video and segment level, MGN's class-token logits and grouping
+    maps, and `extras`, any tensors a model hands to its own loss terms.
 
     The video-level probabilities are float32 even under bf16 autocast (computed from float32 logits), so that
     the clamped BCE sees the same values as in fp32 training. Names as in the MGN paper.

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -46,9 +48,12 @@ def resolve(ref: Ref) -> Any:
     if not isinstance(ref, str):
         return ref
     module_name, _, attribute = ref.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        raise AvvpError(f"cannot load {ref!r} ({_one_line(err)})") from None
     return target
 
 
@@ -102,7 +107,7 @@ class ModelSpec:
     name: str  # the registry key, e.g. "mgn"; `--model NAME`
     config: type  # its config dataclass (frozen; ConfigMixin or a plain dataclass)
     factory: Ref  # config -> nn.Module
-    module: str  # the module that registered it: recorded in checkpoints, imported by sweep workers
+    module: str  # the module that called `register_model`: recorded in checkpoints, imported by sweep workers
     title: str  # how tables and figures name it, e.g. "MGN"
     official: OfficialFormat | None = None  # the authors' checkpoint format, if any
     loss_terms: tuple[LossTerm, ...] = ()  # terms it adds to the objective (MGN: the class-token terms)
@@ -145,9 +150,9 @@ def register_model(
     names = [term.name for term in loss_terms]
     if len(set(names)) != len(names):
         raise AvvpError(f"register_model({name!r}): a loss term is listed twice ({', '.join(names)})")
+    module = sys._getframe(1).f_globals.get("__name__", "?")  # the registering module: what other processes import
 
     def add(target: Ref) -> Ref:
-        module = target.partition(":")[0] if isinstance(target, str) else getattr(target, "__module__", "?")
         doc = "" if isinstance(target, str) else (target.__doc__ or "").strip().split("\n")[0]
         spec = ModelSpec(
             name, config, target, module, title or name.upper(), official, tuple(loss_terms),
@@ -220,7 +225,7 @@ def get_spec(name: str, *, where: str = "") -> ModelSpec:
     load_plugins()
     spec = _REGISTRY.get(name)
     if spec is None:
-        hint = f" (a plugin's model? set ${PLUGINS_ENV} to its module)" if not where else ""
+        hint = f" (a plugin's model? set ${PLUGINS_ENV} to its module)"
         raise AvvpError(f"{where}unknown model {name!r}; registered: {', '.join(_REGISTRY)}{hint}")
     return spec
 
@@ -251,8 +256,9 @@ def make_config(name: str, **overrides: Any) -> Any:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A model config as a JSON-ready dict (any dataclass)."""
-    return dataclasses.asdict(config)
+    """A model config as a JSON-ready dict (any dataclass), as config.json and checkpoints read it back (tuples
+    become lists), so that a config compares equal to its own record."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def parse_model_args(name: str, items: Collection[str]) -> dict[str, Any]:
@@ -327,8 +333,21 @@ def unwrap(model: Any) -> Any:
 
 
 def spec_of(model: Any) -> ModelSpec:
-    """The registry entry of a model built by `create_model` (or under a DDP / torch.compile wrapper)."""
-    return get_spec(unwrap(model).name)
+    """The registry entry of a model (also under a DDP / torch.compile wrapper): by the name `create_model` gave
+    it, else, for a model built from its class directly, by its class."""
+    model = unwrap(model)
+    name = getattr(model, "name", None)
+    if isinstance(name, str):
+        return get_spec(name)
+    for spec in specs():
+        if not isinstance(spec.factory, str) and type(model) is spec.factory:
+            return spec
+        if (
+            isinstance(spec.factory, str)
+            and _ref_name(spec.factory) == f"{type(model).__module__}:{type(model).__qualname__}"
+        ):
+            return spec
+    raise AvvpError(f"{type(model).__name__} is not a registered model (build it with avvp.create_model)")
 
 
 def forward_kwargs(model: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Training with the authors' recipe (spec section 3): in-memory batches, validation each epoch, resume, DDP.
+"""Training with the authors' recipe: in-memory batches, validation each epoch, resume, DDP.
 
 `train` (`avvp.training.loop`) reads top to bottom: set the run up (or resume it), then per epoch train, validate
 and checkpoint, then score the best epoch on test. The whole split is held as tensors (ResNet-152 frames averaged per

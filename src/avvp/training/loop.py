@@ -204,7 +204,13 @@ def _make_learner(config: TrainConfig, device: torch.device, ctx: DistributedCon
     noise stream is seeded once the model is built."""
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = create_model(config.model, cross_modal=config.cross_modal, **config.model_overrides).to(device)
-    resolve_weights(config.model, config.loss_weights)  # an unknown loss term stops the run before its folder
+    weights = resolve_weights(config.model, config.loss_weights)  # an unknown term stops the run before its folder
+    if ctx.enabled and 0 in weights.values():
+        raise AvvpError(
+            f"--loss-weight: a term of weight 0 ({', '.join(k for k, w in weights.items() if w == 0)}) is not "
+            "supported under torchrun: the weights only it trains would get no gradient, which DDP cannot sync; "
+            "give it a small weight instead, or train in one process"
+        )
     seed_noise(config.seed, ctx)
     optimizer = make_optimizer(model, config.lr, capturable=config.cuda_graphs and device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
