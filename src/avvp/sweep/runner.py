@@ -157,13 +157,15 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
     """Train a job: a single run as `avvp train` would (raising AvvpError if it fails), several together with
     `train_stacked`. If a stacked job stops on an error, its unfinished runs go on one at a time, so that one bad
     run fails alone; returns why each run that failed did (run name -> reason)."""
-    from avvp.training import train, train_stacked
+    from avvp.sweep.cluster import train_only
+    from avvp.training import train_stacked
 
-    def alone(run: PlannedRun, resume: bool) -> None:
-        train(run.train, features=features, annotations=annotations, out_dir=run.run_dir, device=device, resume=resume)
+    def alone(run: PlannedRun) -> None:
+        # Checked again under the run's lock: an `--only` process may have trained it since the sweep planned it.
+        train_only(run, features=features, annotations=annotations, device=device)
 
     if len(job.runs) == 1:
-        alone(job.runs[0], job.resume[0])
+        alone(job.runs[0])
         return {}
     try:
         train_stacked([run.train for run in job.runs], features=features, annotations=annotations,
@@ -176,7 +178,7 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
         if (run.run_dir / "test_scores.json").exists():
             continue
         try:
-            alone(run, (run.run_dir / "last.pt").exists())
+            alone(run)
         except AvvpError as err:
             failures[run.name] = str(err)
     return failures
