@@ -1107,3 +1107,29 @@ def test_a_dataset_retired_by_a_killed_synth_is_restored_not_deleted(tmp_path):
     utils.remove_stale_temporaries(tmp_path)
     assert (tmp_path / "data" / "synth.json").read_text() == "{}"
     assert not retired.exists()
+
+
+def test_a_lock_is_not_shared_by_two_threads_of_one_process(tmp_path: Path) -> None:
+    """Re-entrant within a thread (train under sweep --only), but another thread of the process is refused as
+    another process would be, and its lock (this process's pid) is never taken for a dead one's."""
+    import threading
+
+    lock_path = tmp_path / ".train.lock"
+    outcome: list[str] = []
+    with utils.PidLock(lock_path, "another run"):
+        with utils.PidLock(lock_path, "another run"):  # the same thread: held again
+            pass
+        assert lock_path.exists()
+
+        def other() -> None:
+            try:
+                with utils.PidLock(lock_path, "another run"):
+                    outcome.append("held")
+            except AvvpError as err:
+                outcome.append(str(err))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(outcome) == 1 and f"in use by another run (pid {os.getpid()} on host {utils.LOCK_HOST})" in outcome[0]
+    assert not lock_path.exists()

@@ -42,7 +42,8 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open(..., "w") gives a new file
 FOLDER_MODE = 0o777 & ~_UMASK  # what mkdir gives a new folder
 _OWN_TEMPORARIES: set[str] = set()  # names of the temporaries this process is writing (all are made here)
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+LOCK_HOST = "".join(socket.gethostname().split()) or "localhost"  # this machine, as lock files name it
+_HOST = re.sub(r"[^A-Za-z0-9]", "", LOCK_HOST)[:32] or "host"  # the same machine, as temporaries' names spell it
 # `.NAME.avvp-HOST-PID-XXXXXXXX.KIND`: files being written (tmp), synth's folders being filled (staging) or
 # deleted (old). HOST and PID tell whether the writer is gone.
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.avvp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.(?:tmp|staging|old)")
@@ -278,8 +279,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-LOCK_HOST = "".join(socket.gethostname().split()) or "localhost"  # the machine named in the lock files made here
-_HELD_LOCKS: dict[tuple[int, str], int] = {}  # (pid, lock file) held by this process -> how many PidLocks hold it
+_HELD_LOCKS: dict[tuple[int, int, str], int] = {}  # (pid, thread, lock file) held -> how many PidLocks hold it
 
 
 class PidLock:
@@ -290,9 +290,10 @@ class PidLock:
     file once that process is known to be gone. A lock file of avvp versions before the host was recorded holds
     the pid alone and is read as this machine's. A live owner makes it wait up to `wait` seconds, then raise a
     one-line AvvpError saying that `subject` (default: the lock's folder) is in use by `holder` (e.g. "another
-    sweep"), naming the owner's pid and host. Within one process the lock is re-entrant: a PidLock on a file this
-    process already holds (e.g. `train` under `avvp sweep --only`, which holds the run's lock around it) holds it
-    too, and the file goes when the outermost one exits.
+    sweep"), naming the owner's pid and host. Within one thread the lock is re-entrant: a PidLock on a file this
+    thread already holds (e.g. `train` under `avvp sweep --only`, which holds the run's lock around it) holds it
+    too, and the file goes when the outermost one exits; another thread of the process is refused as another
+    process would be.
     """
 
     def __init__(self, path: str | Path, holder: str, *, subject: str | Path | None = None, wait: float = 0.0) -> None:
@@ -302,9 +303,10 @@ class PidLock:
         self.wait = wait
 
     @property
-    def _key(self) -> tuple[int, str]:
-        """This lock in `_HELD_LOCKS`; with the pid, so that a forked child holds none of its parent's locks."""
-        return os.getpid(), os.path.abspath(self.path)
+    def _key(self) -> tuple[int, int, str]:
+        """This lock in `_HELD_LOCKS`; with the pid, so that a forked child holds none of its parent's locks, and the
+        thread, so that two threads (a notebook's, a service's) do not share one."""
+        return os.getpid(), threading.get_ident(), os.path.abspath(self.path)
 
     def __enter__(self) -> PidLock:  # noqa: PYI034
         if self._key in _HELD_LOCKS:
@@ -366,7 +368,7 @@ class PidLock:
         if owner is None:
             return self._age() > 5.0
         pid, host = owner
-        return host == LOCK_HOST and not pid_alive(pid)
+        return host == LOCK_HOST and pid != os.getpid() and not pid_alive(pid)  # this process: another thread's
 
     def _owner(self) -> tuple[int, str] | None:
         """(pid, host) of the lock file; a pid alone (earlier versions) is this machine's; None where unreadable."""

@@ -97,7 +97,7 @@ def only_commands(
     if device is not None:
         flags += ["--device", device]
     _check_carried(base)
-    prefix = _plugins_prefix(runs)
+    prefix = plugins_prefix(runs)
     command = [sys.executable, "-m", "avvp", "sweep", kind, *flags]
     return [" ".join(prefix + [shlex.quote(word) for word in [*command, "--only", run.name]]) for run in todo]
 
@@ -119,7 +119,7 @@ def _check_carried(base: TrainConfig) -> None:
         )
 
 
-def _plugins_prefix(runs: Sequence[PlannedRun]) -> list[str]:
+def plugins_prefix(runs: Sequence[PlannedRun]) -> list[str]:
     """`AVVP_PLUGINS=...` (one shell word) naming the modules of $AVVP_PLUGINS and those that register the
     sweep's models outside avvp (`registry.plugin_modules`, a model registered from Python too); [] where none."""
     outside = set(registry.plugin_modules())

@@ -15,6 +15,7 @@ from pathlib import Path
 from avvp.errors import AvvpError
 from avvp.models import registry
 from avvp.run_folder import PidLock
+from avvp.sweep.cluster import plugins_prefix, train_only
 from avvp.sweep.plan import PlannedRun, run_status
 from avvp.training import LOCK_NAME as TRAIN_LOCK
 
@@ -157,7 +158,6 @@ def train_job(job: SweepJob, device: str, *, features: Path, annotations: Path) 
     """Train a job: a single run as `avvp train` would (raising AvvpError if it fails), several together with
     `train_stacked`. If a stacked job stops on an error, its unfinished runs go on one at a time, so that one bad
     run fails alone; returns why each run that failed did (run name -> reason)."""
-    from avvp.sweep.cluster import train_only
     from avvp.training import train_stacked
 
     def alone(run: PlannedRun) -> None:
@@ -193,8 +193,10 @@ def _job_logs(
     entries = []
     for job in jobs:
         log_path = log_dir / f"{job.name}.log"
-        spec = registry.get_spec(job.runs[0].train.model)
-        plugin = [] if spec.builtin or spec.module == "__main__" else [f"{registry.PLUGINS_ENV}={spec.module}"]
+        try:
+            plugin = plugins_prefix(job.runs)
+        except AvvpError:  # a model registered in the script that runs the sweep: no command line can import it
+            plugin = []
         commands = [
             plugin + train_command(r, features, annotations, "DEVICE", resume)
             for r, resume in zip(job.runs, job.resume)
