@@ -133,7 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tensorboard",
         metavar="DIR",
         help="also write each epoch's metrics and weighted loss terms as TensorBoard scalars into DIR (step: the "
-        "epoch; best outside the run folder); metrics.jsonl stays the record. A run option, not a setting: not in "
+        "epoch; best outside the run folder; one DIR per run, since a new run hides the events already in DIR); "
+        "metrics.jsonl stays the record. A run option, not a setting: not in "
         "config.json, free to add, change or drop on --resume. Needs the tensorboard package: "
         "pip install tensorboard (the tensorboard extra)",
     )
