@@ -150,6 +150,19 @@ def _launch(rank: int, port: int, args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _run_pair(port: int, args: list[str]) -> tuple[list[int], list[str]]:
+    """Both processes of a pair (`_launch`) run to their end: their exit codes and stderr."""
+    store = torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+    processes = [_launch(rank, port, args) for rank in (0, 1)]
+    try:
+        ended = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+        del store
+    return [process.returncode for process in processes], [stderr for _, stderr in ended]
+
+
 def test_an_error_on_the_main_process_alone_stops_the_other_with_it(tiny_llp: Path, tmp_path: Path) -> None:
     """A resume the main process refuses (the run folder was trained with another learning rate): the other
     process stops at once with that error, instead of waiting for a process that is gone."""
@@ -157,16 +170,9 @@ def test_an_error_on_the_main_process_alone_stops_the_other_with_it(tiny_llp: Pa
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *common]) == 0
     args = ["--out", str(out), "--resume", *common, "--lr", "1e-3"]
-    store = torch.distributed.TCPStore("127.0.0.1", 29531, 2, is_master=True, wait_for_workers=False)
-    processes = [_launch(rank, 29531, args) for rank in (0, 1)]
-    try:
-        ended = [process.communicate(timeout=120) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-        del store
-    errors = [stderr.strip().splitlines()[-1] for _, stderr in ended]
-    assert [process.returncode for process in processes] == [2, 2], errors
+    codes, stderrs = _run_pair(29531, args)
+    errors = [stderr.strip().splitlines()[-1] for stderr in stderrs]
+    assert codes == [2, 2], errors
     assert errors[0].startswith(f"avvp train: error: {out} was trained with other settings (lr:")
     assert errors[1] == errors[0].replace("error: ", "error: process 0 stopped: ", 1)
 
@@ -177,15 +183,8 @@ def test_a_loss_term_of_weight_0_is_refused_under_torchrun(tiny_llp: Path, tmp_p
     out = tmp_path / "run"
     args = ["--out", str(out), "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
     args += ["--loss-weight", "p_av=0"]
-    store = torch.distributed.TCPStore("127.0.0.1", 29535, 2, is_master=True, wait_for_workers=False)
-    processes = [_launch(rank, 29535, args) for rank in (0, 1)]
-    try:
-        ended = [process.communicate(timeout=120) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-        del store
-    assert [process.returncode for process in processes] == [2, 2], [stderr for _, stderr in ended]
-    for _, stderr in ended:
+    codes, stderrs = _run_pair(29535, args)
+    assert codes == [2, 2], stderrs
+    for stderr in stderrs:
         assert "a term of weight 0 (p_av) is not supported under torchrun" in stderr.strip().splitlines()[-1]
     assert not out.exists()
