@@ -48,3 +48,22 @@ def test_per_video_truth_and_empty_cases() -> None:
     assert token_scores(probs, per_video) == {"precision": 100.0, "recall": 100.0, "f1": 100.0}
     with pytest.raises(ValueError, match="against ground truth"):
         token_scores(probs, np.zeros((2, 25), dtype=bool))
+
+
+def test_the_record_reads_the_tokens_against_the_truth_and_the_weak_labels() -> None:
+    """Video 0's weak labels {1, 2}: class 2 is audible only (in the audio truth, not the visual). Its visual
+    token for class 2 is wrong against the visual truth and right against the weak labels."""
+    from avvp.data.annotations import Split
+    from avvp.metrics import class_token_record
+
+    labels = np.zeros((1, 25), dtype=np.float32)
+    labels[0, [1, 2]] = 1
+    split = Split("val", ["v.mp4"], labels, audio=_truth((1, 2)), visual=_truth((1,)))
+    probs = np.zeros((1, 25), dtype=np.float32)
+    probs[0, [1, 2]] = 0.9
+    tokens = class_token_record({"audio_video": probs, "visual_video": probs}, split)["tokens"]
+    assert tokens["audio"]["precision"] == 100.0
+    assert tokens["visual"]["precision"] == 50.0  # class 2 is not visible
+    assert tokens["weak"]["audio"]["precision"] == 100.0
+    assert tokens["weak"]["visual"]["precision"] == 100.0  # but it is among the weak labels
+    assert tokens["weak"]["visual"]["recall"] == 100.0

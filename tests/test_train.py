@@ -69,6 +69,9 @@ def test_token_scores_are_those_of_the_val_predictions(tiny_llp: Path, tmp_path:
     assert record["split"] == "val"
     assert record["audio"] == token_scores(predictions["audio_video"], val.split.audio)
     assert record["visual"] == token_scores(predictions["visual_video"], val.split.visual)
+    weak = record["weak"]  # the second reading: each modality's tokens against the video's weak labels
+    assert weak["audio"] == token_scores(predictions["audio_video"], val.split.labels)
+    assert weak["visual"] == token_scores(predictions["visual_video"], val.split.labels)
 
 
 def test_resume_gives_the_same_weights(tiny_llp: Path, tmp_path: Path) -> None:
