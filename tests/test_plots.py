@@ -68,13 +68,19 @@ def test_plot_tokens(mgn_run: Path, tmp_path: Path):
                     assert value == pytest.approx(record["tokens"][modality][stat], abs=0.005)
 
 
-def _token_run(folder: Path, f1_by_epoch: list[float], steps_per_epoch: int = 10) -> Path:
-    """A run folder whose metrics.jsonl holds set class-token scores (precision = recall = F1 = the given value)."""
+def _token_run(folder: Path, f1_by_epoch: list[float], steps_per_epoch: int = 10, weak: bool = False) -> Path:
+    """A run folder whose metrics.jsonl holds set class-token scores (precision = recall = F1 = the given value;
+    visual: half of it; with `weak`, the weak-label reading: audio 1 point more, visual 3 times the value)."""
     folder.mkdir()
     lines = []
     for epoch, f1 in enumerate(f1_by_epoch, start=1):
         scores = {"precision": f1, "recall": f1, "f1": f1}
         tokens = {"split": "val", "audio": scores, "visual": {k: v / 2 for k, v in scores.items()}}
+        if weak:
+            tokens["weak"] = {
+                "audio": {k: v + 1 for k, v in scores.items()},
+                "visual": {k: 3 * v for k, v in scores.items()},
+            }
         lines.append(json.dumps({"epoch": epoch, "steps": epoch * steps_per_epoch, "tokens": tokens}))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return folder
@@ -94,6 +100,33 @@ def test_plot_tokens_combines_seeds_up_to_the_shortest_run(tmp_path: Path, capsy
     capsys.readouterr()
     assert main(["plot", "tokens", str(runs[0]), str(tmp_path / "c"), "--out", str(out)]) == 2
     assert "differ in their steps per epoch" in capsys.readouterr().err
+
+
+def test_plot_tokens_draws_the_weak_label_reading_when_every_run_has_it(tmp_path: Path, capsys):
+    runs = [_token_run(tmp_path / "a", [10.0, 20.0], weak=True), _token_run(tmp_path / "b", [30.0, 40.0], weak=True)]
+    out = tmp_path / "tokens.png"
+    assert main(["plot", "tokens", *map(str, runs), "--out", str(out)]) == 0
+    assert_png(out)
+    rows = read_csv(tmp_path / "tokens.csv")
+    assert [r["audio_f1_mean"] for r in rows] == ["20.00", "30.00"]  # the dense-truth reading, as before
+    assert [r["weak_audio_f1_mean"] for r in rows] == ["21.00", "31.00"]
+    assert [(r["weak_visual_recall_min"], r["weak_visual_recall_max"]) for r in rows] == [
+        ("30.00", "90.00"),
+        ("60.00", "120.00"),
+    ]
+    printed = capsys.readouterr().out
+    assert "against the weak labels: audio 41.0, visual 120.0" in printed and "note:" not in printed
+
+
+def test_plot_tokens_of_runs_without_the_weak_label_reading_draws_the_first(tmp_path: Path, capsys):
+    """Older runs recorded only the dense-truth reading: plotted with a note, not refused."""
+    runs = [_token_run(tmp_path / "new", [10.0, 20.0], weak=True), _token_run(tmp_path / "old", [30.0, 40.0])]
+    out = tmp_path / "tokens.png"
+    assert main(["plot", "tokens", *map(str, runs), "--out", str(out)]) == 0
+    assert_png(out)
+    header = (tmp_path / "tokens.csv").read_text().splitlines()[0]
+    assert "audio_f1_mean" in header and "weak_" not in header
+    assert "note: old recorded no weak-label reading" in capsys.readouterr().out
 
 
 def test_plot_tokens_refuses_the_old_definition(tmp_path: Path, capsys):

@@ -40,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Class-token precision, recall and F1 on the val split after each epoch, against training steps, "
         "read from RUN_DIR/metrics.jsonl (MGN runs). Per video, class token c counts as found when its head's "
         "probability on the video's grouped token (p_a or p_v) is >= 0.5, and as right when c occurs in that "
-        "modality's ground truth; counts are pooled over the videos. Several RUN_DIRs (seeds) are combined: mean, "
-        "with a band from the lowest to the highest.",
+        "modality's ground truth; counts are pooled over the videos. A second row reads the same tokens against "
+        "each video's weak labels (the labels MGN trains on), drawn when every run recorded it (runs of avvp "
+        "before 2026-12-06 did not: the figure then has the first row only, and a note says so). Several RUN_DIRs "
+        "(seeds) are combined: mean, with a band from the lowest to the highest.",
     )
     tokens.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="MGN run folders of avvp train / avvp sweep")
     tokens.add_argument("--title", help="figure title (default: the run folder names)")
@@ -116,7 +118,7 @@ def run_recall(args: argparse.Namespace) -> int:
 def run_tokens(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from avvp.reports.plots import load_token_history, plot_token_curves
+    from avvp.reports.plots import has_weak_reading, load_token_history, plot_token_curves
 
     _check_png(args.out)
     histories = [load_token_history(run_dir) for run_dir in args.run_dirs]
@@ -125,9 +127,21 @@ def run_tokens(args: argparse.Namespace) -> int:
     png, csv_file = plot_token_curves(histories, args.out, title=title)
     for run_dir, history in zip(args.run_dirs, histories):
         last = history[-1]
+        line = (
+            f"{Path(run_dir).name}, epoch {last['epoch']} (step {last['steps']}): token F1 against the dense truth: "
+            f"audio {last['audio']['f1']:.1f}, visual {last['visual']['f1']:.1f}"
+        )
+        if has_weak_reading(history):
+            weak = last["weak"]
+            line += f"; against the weak labels: audio {weak['audio']['f1']:.1f}, visual {weak['visual']['f1']:.1f}"
+        print(line)
+    lacking = [
+        Path(run_dir).name for run_dir, history in zip(args.run_dirs, histories) if not has_weak_reading(history)
+    ]
+    if lacking:
         print(
-            f"{Path(run_dir).name}, epoch {last['epoch']} (step {last['steps']}): audio token F1 "
-            f"{last['audio']['f1']:.1f}, visual token F1 {last['visual']['f1']:.1f}"
+            f"note: {', '.join(lacking)} recorded no weak-label reading (runs of avvp before 2026-12-06); the figure "
+            "has the dense-truth reading only"
         )
     print(f"wrote {png} and {csv_file}")
     return 0

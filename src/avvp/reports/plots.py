@@ -28,6 +28,8 @@ RECALL_TRACKS = ("audio", "visual", "audio_visual")
 TRACK_NAMES = {"audio": "Audio", "visual": "Visual", "audio_visual": "Audio-visual"}
 TOKEN_STATS = ("precision", "recall", "f1")
 TOKEN_MODALITIES = ("audio", "visual")
+# The two readings of Figure 2: (key in metrics.jsonl `tokens`, what the tokens are read against).
+TOKEN_READINGS = (("dense", "the dense {modality} truth"), ("weak", "the video's weak labels"))
 AGGREGATES = {"mean": np.mean, "min": np.min, "max": np.max}  # over the runs, in the CSV of `plot_token_curves`
 # Outcome of one segment in `plot_video_parse`: (colour, label).
 OUTCOMES = {
@@ -196,7 +198,9 @@ def _write_recall_csv(
 
 
 def load_token_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Per epoch, the class-token scores a run recorded in metrics.jsonl: [{"epoch", "steps", "audio", "visual"}]."""
+    """Per epoch, the class-token scores a run recorded in metrics.jsonl: [{"epoch", "steps", "audio", "visual",
+    "weak"}], where "audio" and "visual" read the tokens against each modality's dense truth and "weak" ({"audio",
+    "visual"}) against the video's weak labels, or is None (runs of avvp before 2026-12-06 did not record it)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise AvvpError(f"{run_dir}: no metrics.jsonl; not a run folder of avvp train")
@@ -216,59 +220,84 @@ def load_token_history(run_dir: str | Path) -> list[dict[str, Any]]:
                 f"{path}, line {line_number}: class-token scores of the old definition (the class head on the "
                 "learned tokens, 100 % from epoch 1); train the run again with this version"
             )
-        entry = {"epoch": int(record["epoch"]), "steps": int(record["steps"])}
+        entry = {"epoch": int(record["epoch"]), "steps": int(record["steps"]), "weak": tokens.get("weak")}
         history.append(entry | {"audio": tokens["audio"], "visual": tokens["visual"]})
     if not history:
         raise AvvpError(f"{path}: no epoch recorded yet")
     return history
 
 
+def has_weak_reading(history: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a run recorded the weak-label reading of its tokens in every epoch."""
+    return all(entry.get("weak") is not None for entry in history)
+
+
 def plot_token_curves(
     histories: Sequence[Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = ""
 ) -> tuple[Path, Path]:
-    """Precision, recall and F1 of the audio and visual class tokens against training steps (two panels).
+    """Precision, recall and F1 of the audio and visual class tokens against training steps: one row of two panels
+    (audio, visual) per reading, against each modality's dense truth and, when every run recorded it, against the
+    video's weak labels (a second row; `has_weak_reading`).
 
     Several runs (the seeds of one model) are combined: the line is their mean and the band spans their lowest
     to highest value; the curves stop at the shortest run (early stopping ends runs at different epochs).
 
     Args:
-        histories: one per run, as from `load_token_history` (each entry: 'epoch', 'steps', and the 'audio' and
-            'visual' score dicts in percent); the runs must share their steps per epoch.
-        path: the PNG to write; FILE.csv gets one row per epoch (mean, min and max of each score).
+        histories: one per run, as from `load_token_history` (each entry: 'epoch', 'steps', the 'audio' and
+            'visual' score dicts in percent, and 'weak'); the runs must share their steps per epoch.
+        path: the PNG to write; FILE.csv gets one row per epoch (mean, min and max of each score; the weak-label
+            reading's columns start with `weak_`).
     """
-    epochs, steps, values = _stack_histories(histories)  # values [runs, epochs, modality, stat]
+    readings = TOKEN_READINGS if all(has_weak_reading(history) for history in histories) else TOKEN_READINGS[:1]
+    epochs, steps, values = _stack_histories(histories, readings)  # [runs, epochs, reading, modality, stat]
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    styles = {"precision": ("#1f77b4", "o"), "recall": ("#2ca02c", "s"), "f1": ("#d62728", "^")}
-    for modality, (panel, name) in enumerate(zip(axes, TOKEN_MODALITIES)):
-        for stat, stat_name in enumerate(TOKEN_STATS):
-            colour, marker = styles[stat_name]
-            series = values[:, :, modality, stat]  # [runs, epochs]
-            label = _stat_name(stat_name)
-            panel.plot(steps, series.mean(axis=0), color=colour, marker=marker, markersize=4, label=label)
-            if len(histories) > 1:
-                panel.fill_between(steps, series.min(axis=0), series.max(axis=0), color=colour, alpha=0.15)
-        panel.set_title(f"{name} class tokens", loc="left", fontsize=11)
-        panel.set_xlabel(f"training steps ({steps[0]} per epoch)")
-        panel.set_ylim(-2, 102)
-        panel.grid(color="#dddddd", linewidth=0.6)
-    axes[0].set_ylabel("% (val split)")
-    handles, names = axes[0].get_legend_handles_labels()
+    figure, axes = plt.subplots(len(readings), 2, figsize=(11, 4 * len(readings)), sharey=True, squeeze=False)
+    for reading, (_, against) in enumerate(readings):
+        for modality, name in enumerate(TOKEN_MODALITIES):
+            panel = axes[reading, modality]
+            _plot_token_panel(panel, steps, values[:, :, reading, modality], bands=len(histories) > 1)
+            panel.set_title(
+                f"{name.capitalize()} class tokens against {against.format(modality=name)}", loc="left", fontsize=10
+            )
+        axes[reading, 0].set_ylabel("% (val split)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, names, loc="upper right", ncol=3, fontsize=9, frameon=False)
     if title:
         figure.suptitle(title, x=0.01, ha="left", fontsize=11)
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
-    return save_figure(figure, path), _write_token_csv(path, epochs, steps, values)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.05 / len(readings)))
+    return save_figure(figure, path), _write_token_csv(path, epochs, steps, values, readings)
 
 
-def _write_token_csv(path: str | Path, epochs: list[int], steps: list[int], values: np.ndarray) -> Path:
-    """One row per epoch: epoch, steps, then the mean, min and max over the runs of each modality's scores."""
-    columns = [(m, s) for m in range(len(TOKEN_MODALITIES)) for s in range(len(TOKEN_STATS))]
+def _plot_token_panel(panel, steps: list[int], values: np.ndarray, *, bands: bool) -> None:
+    """One panel: precision, recall and F1 over the steps (values [runs, epochs, stat]), mean and range."""
+    styles = {"precision": ("#1f77b4", "o"), "recall": ("#2ca02c", "s"), "f1": ("#d62728", "^")}
+    for stat, stat_name in enumerate(TOKEN_STATS):
+        colour, marker = styles[stat_name]
+        series = values[:, :, stat]  # [runs, epochs]
+        panel.plot(steps, series.mean(axis=0), color=colour, marker=marker, markersize=4, label=_stat_name(stat_name))
+        if bands:
+            panel.fill_between(steps, series.min(axis=0), series.max(axis=0), color=colour, alpha=0.15)
+    panel.set_xlabel(f"training steps ({steps[0]} per epoch)")
+    panel.set_ylim(-2, 102)
+    panel.grid(color="#dddddd", linewidth=0.6)
+
+
+def _write_token_csv(
+    path: str | Path, epochs: list[int], steps: list[int], values: np.ndarray, readings: Sequence[tuple[str, str]]
+) -> Path:
+    """One row per epoch: epoch, steps, then the mean, min and max over the runs of each reading's scores."""
+    columns = [
+        (r, m, s) for r in range(len(readings)) for m in range(len(TOKEN_MODALITIES)) for s in range(len(TOKEN_STATS))
+    ]
     header = ["epoch", "steps"]
-    header += [f"{TOKEN_MODALITIES[m]}_{TOKEN_STATS[s]}_{name}" for m, s in columns for name in AGGREGATES]
+    for r, m, s in columns:
+        prefix = f"{readings[r][0]}_" if readings[r][0] != "dense" else ""
+        header += [f"{prefix}{TOKEN_MODALITIES[m]}_{TOKEN_STATS[s]}_{name}" for name in AGGREGATES]
     rows = []
     for index, (epoch, step) in enumerate(zip(epochs, steps)):
-        cells = [f"{aggregate(values[:, index, m, s]):.2f}" for m, s in columns for aggregate in AGGREGATES.values()]
+        cells = [
+            f"{aggregate(values[:, index, r, m, s]):.2f}" for r, m, s in columns for aggregate in AGGREGATES.values()
+        ]
         rows.append([epoch, step, *cells])
     return write_csv(csv_path_for(path), header, rows)
 
@@ -277,8 +306,10 @@ def _stat_name(stat: str) -> str:
     return "F1" if stat == "f1" else stat
 
 
-def _stack_histories(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[int], list[int], np.ndarray]:
-    """The epochs and steps all runs reached, and their scores [runs, epochs, modality, stat]."""
+def _stack_histories(
+    histories: Sequence[Sequence[Mapping[str, Any]]], readings: Sequence[tuple[str, str]]
+) -> tuple[list[int], list[int], np.ndarray]:
+    """The epochs and steps all runs reached, and their scores [runs, epochs, reading, modality, stat]."""
     if not histories:
         raise ValueError("no run to plot")
     length = min(len(history) for history in histories)
@@ -287,9 +318,16 @@ def _stack_histories(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[
     for history in histories[1:]:
         if [entry["steps"] for entry in history[:length]] != steps:
             raise AvvpError("the runs differ in their steps per epoch (another batch size or training set)")
+
+    def scores(entry: Mapping[str, Any], reading: str) -> Mapping[str, Any]:
+        return entry if reading == "dense" else entry[reading]
+
     values = np.array(
         [
-            [[[entry[modality][stat] for stat in TOKEN_STATS] for modality in TOKEN_MODALITIES] for entry in run]
+            [
+                [[[scores(entry, r)[m][s] for s in TOKEN_STATS] for m in TOKEN_MODALITIES] for r, _ in readings]
+                for entry in run
+            ]
             for run in (history[:length] for history in histories)
         ]
     )
