@@ -35,6 +35,8 @@ class TrainConfig(ConfigMixin):
     modality_labels: str | None = None  # a modality-label file (`avvp refine-labels`): p_a and p_v train on its labels
     cross_modal: bool = True  # False: train (and later run) the model's cross-modal-free form (`--no-cross-modal`)
     loss_weights: dict[str, float] = field(default_factory=dict)  # loss term -> weight, overriding its default
+    noise_ratios: str | None = None  # JoMoLD: a NOISE.json (`avvp estimate-noise`); labels are denoised in training
+    denoise_from_epoch: int = 2  # JoMoLD removes labels from this epoch on (the authors' code: the second)
 
     def stops_after(self, epoch: int, best_epoch: int) -> bool:
         """Early stopping: whether training ends after `epoch`, the best validation epoch so far being `best_epoch`

@@ -31,6 +31,7 @@ RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "best.json", "l
 # TrainConfig fields a resumed run may change: more epochs, and settings that change speed or memory, not results
 # (not --cuda-graphs: its Adam must be capturable, and a restored optimiser keeps the settings it was saved with)
 LABELS_HASH = "modality_labels_sha256"  # config.json: the content of the modality-label file trained on
+NOISE_HASH = "noise_ratios_sha256"  # config.json: the content of the JoMoLD noise-ratio file trained with
 SAFE_ON_RESUME = ("epochs", "eval_batch_size", "loader_workers", "stream", "compile")
 
 
@@ -60,7 +61,7 @@ def compare_runs(stored: dict[str, Any], current: dict[str, Any]) -> tuple[list[
                 safe[key] = [before, value]
             else:
                 refused.append(f"{key}: {before!r} -> {value!r}")
-    for key in ("model", "features", "annotations", "train_videos", "world_size", "precision", LABELS_HASH):
+    for key in ("model", "features", "annotations", "train_videos", "world_size", "precision", LABELS_HASH, NOISE_HASH):
         if stored.get(key) != current.get(key):
             refused.append(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}")
     return refused, safe

@@ -18,6 +18,7 @@ from avvp.objective import Objective
 from avvp.precision import autocast
 
 if TYPE_CHECKING:
+    from avvp.denoise import Denoiser
     from avvp.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,14 @@ class TrainStep:
         self.keys = self.objective.keys
         self.forward_kwargs = forward_kwargs(model)  # the cross-modal-free form where the run trains that
         self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
+        self.denoiser: Denoiser | None = None  # JoMoLD (`--noise-ratios`): set by the training loop
 
     def run(self, index: torch.Tensor, global_size: int, *, cache_autocast: bool = True) -> None:
         """One step on the videos at `index` of the in-memory tensors."""
         audio, res152, r2plus1d = (t.index_select(0, index).to(self.device, non_blocking=True) for t in self.tensors)
         labels = self.labels.index_select(0, index).to(self.device, non_blocking=True)
+        if self.denoiser is not None:  # the labels JoMoLD keeps, as (weak, audio, visual) rows
+            labels = self.denoiser(self.model, (audio, res152, r2plus1d), labels, index.to(self.device))
         self.step(audio, res152, r2plus1d, labels, global_size, cache_autocast=cache_autocast)
 
     def step(

@@ -21,6 +21,7 @@ COMMANDS: list[str] = [
     "synth",
     "train",
     "refine-labels",
+    "estimate-noise",
     "predict",
     "evaluate",
     "score",

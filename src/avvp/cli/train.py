@@ -106,6 +106,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "before; the file's SHA-256 is recorded in config.json and --resume refuses another file",
     )
     parser.add_argument(
+        "--noise-ratios",
+        metavar="NOISE.json",
+        help="JoMoLD (Cheng et al., ECCV 2022): in every batch, a no-grad pass of the model in its cross-modal-free "
+        "form and eval mode ranks each label's loss per modality; per class, of the videos positive in a modality, "
+        "floor(ratio x their number) with the largest loss there AND the smallest loss in the other modality lose "
+        "that label for the step (`avvp estimate-noise` writes the ratios). Recorded in config.json with the file's "
+        "SHA-256; --resume refuses another file. Not with --stream, --compile, --cuda-graphs or stacked runs",
+    )
+    parser.add_argument(
+        "--denoise-from-epoch",
+        type=int,
+        default=recipe.denoise_from_epoch,
+        metavar="N",
+        help="with --noise-ratios: remove labels from epoch N on (default: %(default)s, the authors' code's "
+        "effective schedule: nothing in the first epoch, the full ratios from the second)",
+    )
+    parser.add_argument(
         "--no-cross-modal",
         action="store_true",
         help="train the model's cross-modal-free form (HAN without its cross-modal attention, MGN without the audio "
@@ -164,6 +181,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cross_modal=not args.no_cross_modal,
         loss_weights=parse_loss_weights(args.loss_weight),
         modality_labels=str(Path(args.modality_labels).resolve()) if args.modality_labels else None,
+        noise_ratios=str(Path(args.noise_ratios).resolve()) if args.noise_ratios else None,
+        denoise_from_epoch=args.denoise_from_epoch,
         **early_stopping_from_args(args),
     )
 

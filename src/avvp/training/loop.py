@@ -26,6 +26,9 @@ from avvp.checkpoint import load_model
 from avvp.data.annotations import load_split
 from avvp.data.modality_labels import training_targets
 from avvp.data.splits import SplitData, StreamedBatches, check_split_features, feature_tensors, load_split_data
+from avvp.data.synth import training_truth
+from avvp.denoise import Denoiser, NoiseRatios, read_noise_ratios
+from avvp.denoise import check_supported as check_denoise_supported
 from avvp.distributed import (
     DistributedContext,
     close_distributed,
@@ -122,10 +125,15 @@ def train(
                 break
             started = time.perf_counter()
             losses, lr = _train_epoch(run, stepper, epoch)
+            denoised = _denoise_record(run, stepper.train_step, epoch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
             with fail_together(run.ctx):  # the main process validates; an error there stops every process
-                best = _validate(run, standing, epoch, losses, lr, seconds, started, board) if run.ctx.is_main else None
+                best = (
+                    _validate(run, standing, epoch, losses, lr, seconds, started, board, denoised)
+                    if run.ctx.is_main
+                    else None
+                )
             _check_early_stop(run, standing, epoch)
             _save_state(run, standing, epoch, best)
         with fail_together(run.ctx):
@@ -195,7 +203,9 @@ def _make_run(
     train_data, val_data = _load_splits(config, sources, ctx) if splits is None else splits
     learner = _make_learner(config, device, ctx)
     precision = resolve_precision(config.precision, device)
-    data = TrainingData(train_data, val_data, _training_targets(config, sources, train_data))
+    data = TrainingData(
+        train_data, val_data, _training_targets(config, sources, train_data), *_noise(config, sources, train_data)
+    )
     return Run(config, out_dir, sources, device, precision, ctx, data, learner, display)
 
 
@@ -238,6 +248,19 @@ def _training_targets(config: TrainConfig, sources: DataSources, data: SplitData
         return np.asarray(data.split.labels, dtype=np.float32)
     full = load_split(sources.annotations, "train", skip_bad_rows=sources.skip_bad_rows)
     return training_targets(config.modality_labels, full, data.split)
+
+
+def _noise(
+    config: TrainConfig, sources: DataSources, data: SplitData
+) -> tuple[NoiseRatios | None, tuple[np.ndarray, np.ndarray] | None]:
+    """JoMoLD's ratios (`--noise-ratios`), checked, and, for LLP-Synth, which weak labels of the training videos are
+    audible and which visible (regenerated from its seed: the removals' precision and recall in metrics.jsonl)."""
+    if config.noise_ratios is None:
+        return None, None
+    check_denoise_supported(config)
+    ratios = read_noise_ratios(config.noise_ratios)
+    truth = training_truth(sources.annotations, data.split.filenames, data.split.labels)
+    return ratios, None if truth is None else (truth[0].any(axis=1), truth[1].any(axis=1))
 
 
 def _open_board(
@@ -288,6 +311,8 @@ def _make_stepper(run: Run) -> Stepper:
         )
     optimizer = run.learner.optimizer
     step = TrainStep(step_model, optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
+    if run.data.noise is not None:
+        step.denoiser = Denoiser(run.data.noise, run.config, run.device, run.precision, run.data.truth)
     return Stepper(GraphedTrainStep.create(step) if run.config.cuda_graphs else step, index_device)
 
 
@@ -299,6 +324,8 @@ def _train_epoch(run: Run, stepper: Stepper, epoch: int) -> tuple[dict[str, floa
     learning rate (the schedule steps once per epoch, afterwards)."""
     config, ctx, step = run.config, run.ctx, stepper.train_step
     batches = _epoch_batches(run, stepper.index_device)
+    if getattr(step, "denoiser", None) is not None:
+        step.denoiser.set_epoch(epoch)
     bar = progress_bar(
         range(len(batches)),
         progress=run.display.progress and ctx.is_main,
@@ -334,6 +361,27 @@ def _end_epoch(run: Run, step: TrainStep | GraphedTrainStep, epoch: int) -> tupl
     lr = run.learner.optimizer.param_groups[0]["lr"]
     run.learner.scheduler.step()
     return _mean_losses(sums, run.data.videos, run.ctx, step), lr
+
+
+def _denoise_record(run: Run, step: TrainStep | GraphedTrainStep, epoch: int) -> dict[str, Any]:
+    """The epoch's JoMoLD record (metrics.jsonl `denoise`; summed over processes): the labels removed per modality
+    and, for LLP-Synth, the share of them the truth says are absent in that modality (precision) and the share of
+    the weak labels absent in that modality that were removed (recall), in percent."""
+    denoiser = getattr(step, "denoiser", None)
+    if denoiser is None:
+        return {}
+    counts = sum_over_processes(torch.tensor(denoiser.take_counts(), dtype=torch.float64), run.ctx).tolist()
+    removed = {"audio": int(counts[0]), "visual": int(counts[1])}
+    active = epoch >= run.config.denoise_from_epoch
+    record: dict[str, Any] = {"from_epoch": run.config.denoise_from_epoch, "active": active, "removed": removed}
+    if run.data.truth is not None:
+        labelled = np.asarray(run.data.train.split.labels) > 0
+        absent = {m: int((labelled & ~truth).sum()) for m, truth in zip(("audio", "visual"), run.data.truth)}
+        right = {"audio": counts[2], "visual": counts[3]}
+        record["truly_absent"] = absent
+        record["precision"] = {m: 100.0 * right[m] / removed[m] if removed[m] else 0.0 for m in removed}
+        record["recall"] = {m: 100.0 * right[m] / absent[m] if absent[m] else 0.0 for m in removed}
+    return {"denoise": record}
 
 
 def _streamed(run: Run, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
@@ -373,12 +421,14 @@ def _validate(
     seconds: float,
     started: float,
     board: TensorBoard | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Score the validation split, append the epoch to metrics.jsonl (and `board`) and print one line; returns the
-    metadata of best.safetensors when this epoch is the best so far (ties: the later epoch), else None."""
+    """Score the validation split, append the epoch to metrics.jsonl (with `extra`, the epoch's training records
+    beside the losses, e.g. JoMoLD's `denoise`) and `board`, and print one line; returns the metadata of
+    best.safetensors when this epoch is the best so far (ties: the later epoch), else None."""
     model, val_data = run.learner.model, run.data.val
     scores, predictions = score_split(model, val_data, batch_size=run.config.eval_batch_size, device=run.device)
-    record = _epoch_record(run, epoch, losses, lr, scores, seconds, started)
+    record = _epoch_record(run, epoch, losses, lr, scores, seconds, started) | (extra or {})
     if standing.resumed_changes:  # the first epoch after a resume that changed safe settings says so
         record["resumed"] = {"after_epoch": standing.start_epoch - 1, "changed": standing.resumed_changes}
         standing.resumed_changes = {}

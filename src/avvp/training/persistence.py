@@ -24,7 +24,15 @@ from avvp.distributed import fail_together, gather
 from avvp.errors import AvvpError
 from avvp.metrics import Scores
 from avvp.models.registry import config_to_dict, spec_of
-from avvp.run_folder import LABELS_HASH, PidLock, clear_partial_run, compare_runs, foreign_files, read_run_record
+from avvp.run_folder import (
+    LABELS_HASH,
+    NOISE_HASH,
+    PidLock,
+    clear_partial_run,
+    compare_runs,
+    foreign_files,
+    read_run_record,
+)
 from avvp.training.run import Run, Standing
 from avvp.utils import atomic_torch_save, atomic_write_text, output_path, remove_stale_temporaries, write_error
 
@@ -178,6 +186,8 @@ def _run_record(run: Run) -> dict[str, Any]:
     }
     if run.config.modality_labels is not None:
         record[LABELS_HASH] = file_sha256(run.config.modality_labels)
+    if run.config.noise_ratios is not None:
+        record[NOISE_HASH] = file_sha256(run.config.noise_ratios)
     return record
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from avvp.data.splits import SplitData
+from avvp.denoise import NoiseRatios
 from avvp.distributed import DistributedContext
 from avvp.recipe import TrainConfig
 from avvp.steps import GraphedTrainStep, TrainStep
@@ -38,6 +39,8 @@ class TrainingData:
     train: SplitData
     val: SplitData | None  # main process only
     targets: np.ndarray  # [N, 25] weak labels of the training videos, or [N, 3, 25] with modality labels
+    noise: NoiseRatios | None = None  # JoMoLD's ratios (`--noise-ratios`)
+    truth: tuple[np.ndarray, np.ndarray] | None = None  # LLP-Synth: [N, 25] bool audible, visible (for the records)
 
     @property
     def videos(self) -> int:

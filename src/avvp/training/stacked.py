@@ -93,15 +93,17 @@ def train_stacked(
 def _check_stackable(configs: Sequence[TrainConfig]) -> None:
     if not configs:
         raise AvvpError("no run to train")
-    first = dataclasses.replace(configs[0], seed=0, epochs=1, modality_labels=None).to_dict()
+    first = dataclasses.replace(configs[0], seed=0, epochs=1, modality_labels=None, noise_ratios=None).to_dict()
     for config in configs[1:]:
-        other = dataclasses.replace(config, seed=0, epochs=1, modality_labels=None).to_dict()
+        other = dataclasses.replace(config, seed=0, epochs=1, modality_labels=None, noise_ratios=None).to_dict()
         differences = [key for key, value in first.items() if other[key] != value]
         if differences:
             raise AvvpError(
                 f"stacked runs must differ only in seed, epochs and modality labels, not in {', '.join(differences)}"
             )
     unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
+    if any(config.noise_ratios is not None for config in configs):
+        unsupported.append("noise_ratios (JoMoLD)")
     if unsupported:
         raise AvvpError(f"stacked runs: {', '.join(unsupported)} not supported; train these runs one at a time")
 

@@ -1,0 +1,280 @@
+"""JoMoLD (`avvp estimate-noise`, `avvp train --noise-ratios`): the ratios and the removal rule on hand cases, the
+NOISE.json refusals, and training with it: ratios of 0 equal plain training, the first-epoch schedule, resume,
+and the removals' records against LLP-Synth's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli
+
+from avvp.data.classes import CLASSES
+from avvp.denoise import class_means, noise_ratios, read_noise_ratios, removal_masks, true_noise_shares
+from avvp.errors import AvvpError
+
+TINY_HAN = ["--model", "han", "--dim", "32"]
+TINY_MGN = ["--model", "mgn", "--dim", "32", "--depth-audio", "1", "--depth-visual", "1", "--depth-av", "1"]
+
+
+# ------------------------------------------------------------------------------------------------ the rule
+
+
+def _column(values, index: int = 0) -> torch.Tensor:
+    """[B, 25] with `values` in class column `index` and zeros elsewhere."""
+    table = torch.zeros(len(values), 25)
+    table[:, index] = torch.tensor(values, dtype=torch.float32)
+    return table
+
+
+def test_the_rule_on_a_hand_batch() -> None:
+    """Class 0, videos 0-5 visually positive, video 6 not; ratio 0.5: n = floor(0.5 x 6) = 3. Largest visual
+    losses: videos 0, 1, 2; smallest audio losses among the positives: 4, 0, 2 (video 6's 0 does not count).
+    Removed: 0 and 2. Video 1 has large losses in both modalities: kept (the rule is AND, not OR)."""
+    visual_positive = _column([1, 1, 1, 1, 1, 1, 0]).bool()
+    losses = {
+        "visual": _column([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 9.0]),
+        "audio_weak": _column([0.1, 9.0, 0.2, 0.3, 0.0, 8.0, 0.0]),
+        "audio": torch.zeros(7, 25),
+        "visual_weak": torch.zeros(7, 25),
+    }
+    positives = {"visual": visual_positive, "audio": torch.zeros(7, 25, dtype=torch.bool)}
+    ratios = {"visual": torch.full((25,), 0.5), "audio": torch.full((25,), 0.5)}
+    removed = removal_masks(losses, positives, ratios)
+    assert removed["visual"][:, 0].tolist() == [True, False, True, False, False, False, False]
+    assert not removed["visual"][:, 1:].any() and not removed["audio"].any()
+    ratios["visual"][0] = 0.49  # n = floor(2.94) = 2: the 2 largest visual losses (0, 1) and smallest audio (4, 0)
+    assert removal_masks(losses, positives, ratios)["visual"][:, 0].nonzero().flatten().tolist() == [0]
+
+
+def test_the_audio_rule_is_the_mirror() -> None:
+    """Class 3, four audio positives, ratio 0.5 (n = 2): largest audio losses 2, 3; smallest visual 3, 0: remove 3."""
+    losses = {
+        "audio": _column([0.1, 0.2, 2.0, 3.0], 3),
+        "visual_weak": _column([0.1, 5.0, 6.0, 0.0], 3),
+        "visual": torch.zeros(4, 25),
+        "audio_weak": torch.zeros(4, 25),
+    }
+    positives = {"audio": _column([1, 1, 1, 1], 3).bool(), "visual": torch.zeros(4, 25, dtype=torch.bool)}
+    ratios = {"audio": torch.full((25,), 0.5), "visual": torch.full((25,), 1.0)}
+    removed = removal_masks(losses, positives, ratios)
+    assert removed["audio"][:, 3].tolist() == [False, False, False, True]
+    assert not removed["visual"].any()
+
+
+def test_equal_losses_keep_the_batch_order() -> None:
+    """Ties are broken by the batch order: with every loss equal, the first n positives are ranked first both
+    ways, so they are the ones removed."""
+    losses = {key: torch.ones(4, 25) for key in ("visual", "audio_weak", "audio", "visual_weak")}
+    positives = {"visual": torch.ones(4, 25, dtype=torch.bool), "audio": torch.zeros(4, 25, dtype=torch.bool)}
+    ratios = {"visual": torch.full((25,), 0.5), "audio": torch.zeros(25)}
+    removed = removal_masks(losses, positives, ratios)["visual"]
+    assert removed[:, 0].tolist() == [True, True, False, False] and removed.sum() == 2 * 25
+
+
+# ------------------------------------------------------------------------------------------------ the ratios
+
+
+def test_class_means_are_means_of_batch_means() -> None:
+    probs = np.zeros((3, 25))
+    probs[:, 0] = [0.2, 0.4, 0.9]
+    assert class_means(probs, batch_size=2)[0] == pytest.approx((0.3 + 0.9) / 2)  # not the mean of all 3 (0.5)
+
+
+def test_ratios_on_a_hand_case() -> None:
+    """Class 0: 4 videos labelled, one not (p 0.0, lowering the mean). Mean of p = 0.4 (one batch); threshold 1.5:
+    a labelled video is noisy when p x target < 0.6. Visual target 0.95: p 0.62 (0.589) is noisy, p 0.64 not."""
+    labels = np.zeros((5, 25))
+    labels[:4, 0] = 1
+    probs = np.zeros((5, 25))
+    probs[:, 0] = [0.3, 0.62, 0.64, 0.44, 0.0]
+    target = 0.9 * labels + 0.05
+    ratios = noise_ratios(probs, target, labels, threshold=1.5, batch_size=128)
+    assert ratios[0] == pytest.approx(3 / 4)  # 0.285, 0.589, 0.418 below 0.6; 0.608 not
+    assert (ratios[1:] == 0).all()  # classes no video carries: 0, not 0/0
+
+
+def test_true_noise_shares() -> None:
+    labels = np.zeros((2, 25))
+    labels[:, 4] = 1
+    audio = np.zeros((2, 10, 25), dtype=bool)
+    audio[0, 3, 4] = True  # video 1's class 4 is not audible
+    visual = np.ones((2, 10, 25), dtype=bool)
+    shares = true_noise_shares(labels, audio, visual)
+    assert shares["audio"][4] == 0.5 and shares["visual"][4] == 0.0 and shares["audio"][0] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ NOISE.json
+
+
+def _noise_file(path: Path, audio: float = 0.0, visual: float = 0.0, edit: dict | None = None) -> Path:
+    record = {"audio": {c: audio for c in CLASSES}, "visual": {c: visual for c in CLASSES}}
+    for modality, change in (edit or {}).items():
+        record[modality] = change(record[modality])
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"visual": lambda t: {k: v for k, v in t.items() if k != "Dog"}}, "visual: class Dog is missing"),
+        ({"audio": lambda t: t | {"Speech": 1.5}}, "audio: Speech: ratio 1.5 is not a number in [0, 1]"),
+        ({"audio": lambda t: t | {"Speech": -0.1}}, "audio: Speech: ratio -0.1 is not a number in [0, 1]"),
+        ({"audio": lambda t: t | {"Unicorn": 0.1}}, "audio: unknown class 'Unicorn'"),
+    ],
+)
+def test_noise_file_refusals(tmp_path: Path, edit: dict, message: str) -> None:
+    path = _noise_file(tmp_path / "noise.json", edit=edit)
+    with pytest.raises(AvvpError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
+        read_noise_ratios(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_bad_noise_file_stops_train_in_one_line_before_the_run_folder(
+    synth_llp: Path, tmp_path: Path, capsys
+) -> None:
+    bad = tmp_path / "noise.json"
+    bad.write_text("{not json")
+    out = tmp_path / "run"
+    status, _, err = cli(capsys, *_train_args(synth_llp, out, 1), "--noise-ratios", bad, *TINY_HAN)
+    assert status == 2 and "not valid JSON" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def synth_llp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small LLP-Synth folder: its training truth is known (the removals' precision and recall)."""
+    from avvp.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(train=32, val=8, test=8, seed=5), progress=False)
+    return root
+
+
+def _train_args(data: Path, out: Path, epochs: int) -> list:
+    return ["train", "--features", data / "feats", "--annotations", data, "--out", out, "--epochs", epochs,
+            "--batch-size", "8", "--device", "cpu"]  # fmt: skip
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("model", [TINY_HAN, TINY_MGN], ids=["han", "mgn"])
+def test_every_ratio_0_equals_plain_training(synth_llp: Path, tmp_path: Path, capsys, model: list[str]) -> None:
+    noise = _noise_file(tmp_path / "zero.json")
+    plain, denoised = tmp_path / "plain", tmp_path / "denoised"
+    assert cli(capsys, *_train_args(synth_llp, plain, 2), *model)[0] == 0
+    assert cli(capsys, *_train_args(synth_llp, denoised, 2), *model, "--noise-ratios", noise)[0] == 0
+    a, b = _weights(plain), _weights(denoised)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    scores = [json.loads((out / "test_scores.json").read_text()) for out in (plain, denoised)]
+    assert scores[0]["segment"] == scores[1]["segment"] and scores[0]["event"] == scores[1]["event"]
+    records = _records(denoised)
+    assert [r["denoise"]["removed"] for r in records] == [{"audio": 0, "visual": 0}] * 2  # the ranking pass ran
+    assert [r["denoise"]["active"] for r in records] == [False, True]
+    assert "denoise" not in _records(plain)[0]
+    config = json.loads((denoised / "config.json").read_text())
+    assert config["train"]["noise_ratios"] == str(noise.resolve())
+    assert len(config["noise_ratios_sha256"]) == 64
+
+
+def test_nothing_is_removed_before_the_first_epoch_of_denoising(synth_llp: Path, tmp_path: Path, capsys) -> None:
+    """Ratios of 1 remove whatever the rule allows; by default from epoch 2 (the authors' effective schedule),
+    and from epoch 1 with --denoise-from-epoch 1. The records say which removals the truth calls right."""
+    noise = _noise_file(tmp_path / "all.json", audio=1.0, visual=1.0)
+    default, early = tmp_path / "default", tmp_path / "early"
+    assert cli(capsys, *_train_args(synth_llp, default, 2), *TINY_HAN, "--noise-ratios", noise)[0] == 0
+    assert cli(capsys, *_train_args(synth_llp, early, 1), *TINY_HAN, "--noise-ratios", noise,
+               "--denoise-from-epoch", "1")[0] == 0  # fmt: skip
+    first, second = (r["denoise"] for r in _records(default))
+    assert first["removed"] == {"audio": 0, "visual": 0} and not first["active"]
+    # ratio 1: n is every positive, so every positive label is among the n largest and the n smallest: all go
+    from avvp.data.annotations import load_split
+
+    labels = int(load_split(synth_llp, "train").labels.sum())
+    assert second["active"] and second["removed"] == {"audio": labels, "visual": labels}
+    for modality in ("audio", "visual"):
+        absent = second["truly_absent"][modality]
+        assert second["precision"][modality] == pytest.approx(100 * absent / labels)
+        assert second["recall"][modality] == pytest.approx(100.0)
+    assert second["truly_absent"]["audio"] + second["truly_absent"]["visual"] > 0  # audible-only, visible-only
+    early_first = _records(early)[0]["denoise"]
+    assert early_first["active"] and early_first["removed"] == {"audio": labels, "visual": labels}
+
+
+def test_resume_with_denoising_equals_one_go_and_refuses_a_changed_file(
+    synth_llp: Path, tmp_path: Path, capsys
+) -> None:
+    noise = _noise_file(tmp_path / "noise.json", audio=0.5, visual=0.5)
+    common = [*TINY_HAN, "--noise-ratios", noise, "--denoise-from-epoch", "1", "--lr-step", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli(capsys, *_train_args(synth_llp, straight, 2), *common)[0] == 0
+    assert cli(capsys, *_train_args(synth_llp, resumed, 1), *common)[0] == 0
+    _noise_file(noise, audio=0.4, visual=0.5)  # another file at the same path
+    status, _, err = cli(capsys, *_train_args(synth_llp, resumed, 2), *common, "--resume")
+    assert status == 2 and "noise_ratios_sha256" in err
+    _noise_file(noise, audio=0.5, visual=0.5)
+    assert cli(capsys, *_train_args(synth_llp, resumed, 2), *common, "--resume")[0] == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [r["denoise"] for r in _records(straight)] == [r["denoise"] for r in _records(resumed)]
+
+
+@pytest.mark.parametrize("flag", ["--stream", "--compile"])
+def test_unsupported_paths_are_refused_in_one_line(synth_llp: Path, tmp_path: Path, capsys, flag: str) -> None:
+    noise = _noise_file(tmp_path / "zero.json")
+    status, _, err = cli(capsys, *_train_args(synth_llp, tmp_path / "run", 1), *TINY_HAN, "--noise-ratios", noise, flag)
+    assert status == 2 and f"--noise-ratios is not supported with {flag}" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------ estimate-noise
+
+
+def test_estimate_noise_on_our_checkpoint_and_the_authors_han_format(synth_llp: Path, tmp_path: Path, capsys) -> None:
+    estimator = tmp_path / "estimator"
+    assert cli(capsys, *_train_args(synth_llp, estimator, 1), *TINY_HAN, "--no-cross-modal")[0] == 0
+    ours = tmp_path / "ours.json"
+    common = ["--features", synth_llp / "feats", "--annotations", synth_llp, "--device", "cpu", "--batch-size", "8"]
+    status, out, _ = cli(
+        capsys, "estimate-noise", "--checkpoint", estimator / "best.safetensors", "--out", ours, *common
+    )
+    assert status == 0 and "wrote" in out
+    ratios = read_noise_ratios(ours)
+    record = json.loads(ours.read_text())
+    assert record["thresholds"] == {"audio": 0.6, "visual": 1.8} and record["videos"] == 32
+    assert set(record["true_shares"]) == {"audio", "visual"}
+    assert ((ratios.audio >= 0) & (ratios.audio <= 1)).all() and ratios.visual.max() > 0
+    # the same numbers by hand: the estimator's cross-modal-free p_a, p_v on the training split, in batches of 8
+    from avvp.checkpoint import load_model
+    from avvp.data.splits import load_split_data
+    from avvp.denoise import estimate_ratios
+    from avvp.inference import predict
+
+    model, _ = load_model(estimator / "best.safetensors")
+    data = load_split_data(synth_llp / "feats", synth_llp, "train")
+    probs = predict(model, data.features, batch_size=8)
+    audio, visual = estimate_ratios(probs["audio_video"], probs["visual_video"], data.split.labels, batch_size=8)
+    np.testing.assert_allclose(ratios.audio, audio)
+    np.testing.assert_allclose(ratios.visual, visual)
+    # the authors' HAN format: the same weights exported, the same ratios
+    official = tmp_path / "HAN.pt"
+    assert (
+        cli(capsys, "export", "--checkpoint", estimator / "best.safetensors", "--official", "--out", official)[0] == 0
+    )
+    theirs = tmp_path / "theirs.json"
+    assert cli(capsys, "estimate-noise", "--checkpoint", official, "--out", theirs, *common)[0] == 0
+    assert json.loads(theirs.read_text())["estimator"]["format"] == "official"
+    np.testing.assert_allclose(read_noise_ratios(theirs).visual, ratios.visual)
