@@ -4,6 +4,7 @@ and the removals' records against LLP-Synth's truth."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -278,3 +279,36 @@ def test_estimate_noise_on_our_checkpoint_and_the_authors_han_format(synth_llp: 
     assert cli(capsys, "estimate-noise", "--checkpoint", official, "--out", theirs, *common)[0] == 0
     assert json.loads(theirs.read_text())["estimator"]["format"] == "official"
     np.testing.assert_allclose(read_noise_ratios(theirs).visual, ratios.visual)
+
+
+# ------------------------------------------------------------------------------------------------ MA's contrastive term
+
+
+def test_the_contrastive_term_on_aligned_orthonormal_segments() -> None:
+    """Audio = visual = 10 orthonormal segment features: cosine 1 on the diagonal, 0 off it. Each row's softmax
+    of cosine / 0.2 gives e^5 / (e^5 + 9) to its own second and 1 / (e^5 + 9) to each other one; against the
+    smoothed target (0.9, 0.1 / 9) the term is -log((0.9 e^5 + 0.1) / (e^5 + 9)), whatever the features' scale."""
+    from avvp.models import ParseOutput
+    from avvp.objective import contrastive_loss
+
+    features = torch.eye(10, 16).unsqueeze(0).repeat(2, 1, 1) * torch.tensor([1.0, 3.0]).view(2, 1, 1)
+    output = ParseOutput(
+        p_av=torch.zeros(2, 25), p_a=torch.zeros(2, 25), p_v=torch.zeros(2, 25),
+        audio=torch.zeros(2, 10, 25), visual=torch.zeros(2, 10, 25),
+        extras={"audio_features": features, "visual_features": features},
+    )  # fmt: skip
+    e5 = np.exp(5.0)
+    expected = -np.log((0.9 * e5 + 0.1) / (e5 + 9))
+    np.testing.assert_allclose(contrastive_loss(output, None).numpy(), [expected, expected], rtol=1e-5)
+    shifted = {"audio_features": features, "visual_features": features.roll(1, dims=1)}  # each second's partner moved
+    assert (contrastive_loss(dataclasses.replace(output, extras=shifted), None) > 2).all()
+
+
+def test_han_trains_with_the_contrastive_term(synth_llp: Path, tmp_path: Path, capsys) -> None:
+    off, on = tmp_path / "off", tmp_path / "on"
+    assert cli(capsys, *_train_args(synth_llp, off, 1), *TINY_HAN)[0] == 0
+    assert cli(capsys, *_train_args(synth_llp, on, 1), *TINY_HAN, "--loss-weight", "contrastive=1")[0] == 0
+    assert "contrastive" not in _records(off)[0]["loss"]  # weight 0 by default: not computed
+    loss = _records(on)[0]["loss"]
+    assert loss["contrastive"] > 0
+    assert loss["total"] == pytest.approx(loss["p_av"] + loss["p_a"] + loss["p_v"] + loss["contrastive"])

@@ -103,6 +103,30 @@ def visual_token_loss(output: ParseOutput, targets: LossTargets) -> torch.Tensor
     return _token_loss(output.visual_token_logits, "visual_tokens")
 
 
+CONTRAST_TEMPERATURE = 0.2  # MA's audio-visual contrastive term, as JoMoLD's code computes it
+CONTRAST_SMOOTHING = 0.1
+
+
+def contrastive_loss(output: ParseOutput, targets: LossTargets) -> torch.Tensor:
+    """HAN: MA's audio-visual contrastive term (Wu & Yang, CVPR 2021) as JoMoLD's code computes it, per video [B].
+
+    The audio and visual segment features after the hybrid attention (`extras`), L2-normalised: each audio segment
+    is scored against the video's 10 visual segments (cosine / 0.2, softmax), its target the visual segment of the
+    same second, smoothed (0.9 there, 0.1 / 9 elsewhere); the term is -log of the target-weighted probability,
+    -log(sum_j q_j p_j), averaged over the segments (not MA's own -sum_j q_j log p_j, and MA's own code contrasts
+    with the visual features before the attention: docs/jomold.md).
+    """
+    if "audio_features" not in output.extras or "visual_features" not in output.extras:
+        raise AvvpError("loss term contrastive: the model's output has no audio_features / visual_features extras")
+    audio = F.normalize(output.extras["audio_features"].float(), dim=-1)  # [B, T, C]
+    visual = F.normalize(output.extras["visual_features"].float(), dim=-1)  # [B, T, C]
+    probs = (audio @ visual.transpose(1, 2) / CONTRAST_TEMPERATURE).softmax(dim=-1)  # [B, T, T]
+    segments = probs.shape[-1]
+    eye = torch.eye(segments, device=probs.device)
+    target = eye * (1 - CONTRAST_SMOOTHING) + (1 - eye) * CONTRAST_SMOOTHING / (segments - 1)
+    return -torch.log((target * probs).sum(dim=-1)).mean(dim=1)
+
+
 BASE_TERMS = (
     LossTerm("p_av", video_loss, about="BCE of the audio-visual video-level probability against the weak labels"),
     LossTerm("p_a", audio_loss, about="BCE of the audio video-level probability"),

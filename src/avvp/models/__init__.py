@@ -220,6 +220,14 @@ register_model(
     factory="avvp.models.han:HAN",
     title="HAN",
     official=HAN_FORMAT,
+    loss_terms=(
+        LossTerm(
+            "contrastive",
+            "avvp.objective:contrastive_loss",
+            weight=0.0,
+            about="MA's audio-visual contrastive term as JoMoLD trains it (weight 0: off, the HAN recipe)",
+        ),
+    ),
     # Not stackable: torch's nn.MultiheadAttention under vmap copies each run's projection weights once per
     # segment, which made a stacked HAN step 3x slower on CPU (bench/README.md, "Sweeps").
     stackable=False,

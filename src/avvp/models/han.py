@@ -78,4 +78,5 @@ class HAN(nn.Module):
             p_v=pooled[:, :, 1].sum(dim=1),  # [B, 25]
             audio=segment_probs[:, :, 0],  # [B, T, 25]
             visual=segment_probs[:, :, 1],  # [B, T, 25]
+            extras={"audio_features": audio_out, "visual_features": visual_out},  # the contrastive term's
         )
