@@ -14,6 +14,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 @pytest.fixture(scope="module")
 def variants():
+    """The bench module, registered for this module's tests only (other tests list the registered models)."""
+    from avvp.models import registry
+
     sys.path.insert(0, str(BENCH))
     try:
         import mgn_variants
@@ -21,6 +24,8 @@ def variants():
         yield mgn_variants
     finally:
         sys.path.remove(str(BENCH))
+        sys.modules.pop("mgn_variants", None)
+        registry._REGISTRY.pop("mgn-same-kind", None)
 
 
 def _build(name: str, seed: int = 0, **overrides):

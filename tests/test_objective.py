@@ -67,7 +67,7 @@ def test_unknown_terms_and_all_zero_weights_are_refused(tiny_llp: Path, tmp_path
     status, _, err = cli(capsys, "train", "--model", "han", "--out", tmp_path / "a", *data, "--loss-weight",
                          "audio_tokens=1")  # fmt: skip
     assert status == 2 and err.count("\n") == 1
-    assert "--loss-weight audio_tokens: not a loss term of HAN (its terms: p_av, p_a, p_v)" in err
+    assert "--loss-weight audio_tokens: not a loss term of HAN (its terms: p_av, p_a, p_v, contrastive)" in err
     assert not (tmp_path / "a").exists()
     status, _, err = cli(capsys, "train", "--out", tmp_path / "b", *data, "--loss-weight", "p_av=-1")
     assert status == 2 and "expected NAME=W with a weight W >= 0" in err
