@@ -34,7 +34,17 @@ def _modality_labels(tiny: Path, path: Path) -> Path:
     return path
 
 
-CASES = ["weak-labels", "modality-labels", "cross-modal-free"]
+def _noise_ratios(path: Path, ratio: float) -> Path:
+    """A NOISE.json with the same ratio for every class and modality."""
+    import json
+
+    from avvp.data.classes import CLASSES
+
+    path.write_text(json.dumps({m: {c: ratio for c in CLASSES} for m in ("audio", "visual")}))
+    return path
+
+
+CASES = ["weak-labels", "modality-labels", "cross-modal-free", "noise-ratios-0"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -44,6 +54,8 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, case: str)
     common = ["--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp), *ARGS]
     if case == "modality-labels":
         common += ["--modality-labels", str(_modality_labels(tiny_llp, tmp_path / "labels.csv"))]
+    if case == "noise-ratios-0":  # JoMoLD's ranking pass runs on each shard and removes nothing
+        common += ["--noise-ratios", str(_noise_ratios(tmp_path / "noise.json", 0.0)), "--denoise-from-epoch", "1"]
     cross_modal = case != "cross-modal-free"
     if not cross_modal:
         common.append("--no-cross-modal")
@@ -188,3 +200,20 @@ def test_a_loss_term_of_weight_0_is_refused_under_torchrun(tiny_llp: Path, tmp_p
     for stderr in stderrs:
         assert "a term of weight 0 (p_av) is not supported under torchrun" in stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_jomold_under_two_gloo_processes_counts_every_shards_removals(tiny_llp: Path, tmp_path: Path) -> None:
+    """Each process ranks its own shard (n from the shard's positives); with every ratio 1 every positive label is
+    removed whatever the shards, so the epoch's record, summed over the processes, counts every training label."""
+    import json
+
+    from avvp.data.annotations import load_split
+
+    noise = _noise_ratios(tmp_path / "noise.json", 1.0)
+    args = ["--out", str(tmp_path / "ddp"), "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp),
+            *ARGS, "--noise-ratios", str(noise)]  # fmt: skip
+    codes, errors = _run_pair(29547, args)
+    assert codes == [0, 0], errors
+    labels = int(load_split(tiny_llp, "train").labels.sum())
+    records = [json.loads(line)["denoise"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["removed"] for r in records] == [{"audio": 0, "visual": 0}, {"audio": labels, "visual": labels}]

@@ -64,6 +64,8 @@ class LossTerm:
     `fn(output, targets)` gets the model's `ParseOutput` and the batch's `avvp.objective.LossTargets` and returns a
     per-video loss [B] (`per="sample"`: averaged over the global batch) or a scalar (`per="step"`: added once per
     step). The weight is the default; `--loss-weight NAME=W` overrides it, and a term of weight 0 is not computed.
+    A term off by default (weight 0, e.g. HAN's contrastive term) must not be the only path to any weight: DDP
+    would wait for that weight's gradient (a term turned off by `--loss-weight` is refused under torchrun).
     """
 
     name: str

@@ -43,7 +43,7 @@ from avvp.inference import predict
 from avvp.metrics import Scores, evaluate, format_scores, parse_predictions
 from avvp.models import count_parameters
 from avvp.models.registry import create_model, resolve, spec_of
-from avvp.objective import resolve_weights
+from avvp.objective import model_terms, resolve_weights
 from avvp.precision import resolve_precision
 from avvp.recipe import TrainConfig
 from avvp.steps import GraphedTrainStep, TrainStep, make_optimizer
@@ -215,9 +215,11 @@ def _make_learner(config: TrainConfig, device: torch.device, ctx: DistributedCon
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = create_model(config.model, cross_modal=config.cross_modal, **config.model_overrides).to(device)
     weights = resolve_weights(config.model, config.loss_weights)  # an unknown term stops the run before its folder
-    if ctx.enabled and 0 in weights.values():
+    defaults = {term.name: term.weight for term in model_terms(config.model)}
+    turned_off = [name for name, weight in weights.items() if weight == 0 and defaults[name] != 0]
+    if ctx.enabled and turned_off:
         raise AvvpError(
-            f"--loss-weight: a term of weight 0 ({', '.join(k for k, w in weights.items() if w == 0)}) is not "
+            f"--loss-weight: a term of weight 0 ({', '.join(turned_off)}) is not "
             "supported under torchrun: the weights only it trains would get no gradient, which DDP cannot sync; "
             "give it a small weight instead, or train in one process"
         )
