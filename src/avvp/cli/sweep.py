@@ -7,7 +7,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from avvp.cli.common import add_annotations_arg, add_early_stopping_args, early_stopping_from_args, resolve_annotations
+from avvp.cli.common import (
+    add_annotations_arg,
+    add_early_stopping_args,
+    early_stopping_from_args,
+    parse_loss_weights,
+    resolve_annotations,
+)
 from avvp.recipe import TrainConfig
 
 if TYPE_CHECKING:
@@ -76,7 +82,17 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--lr", type=float, default=recipe.lr, help="Adam learning rate (default: %(default)s)")
     parser.add_argument(
         "--lr-step", type=int, default=recipe.lr_step, metavar="N",
-        help="StepLR: decay x0.1 every N epochs (default: %(default)s)",
+        help="StepLR: decay by --lr-gamma every N epochs (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr-gamma", type=float, default=recipe.lr_gamma, metavar="G",
+        help="StepLR decay factor (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loss-weight", action="append", default=[], metavar="NAME=W",
+        help="weight of a loss term in every run (repeatable): p_av, p_a, p_v, and a model's own (MGN: audio_tokens, "
+        "visual_tokens); default: each term's own (the authors' weights, all 1). A term that a model of the sweep "
+        "lacks is an error before anything trains",
     )  # fmt: skip
     parser.add_argument("--max-train-videos", type=int, metavar="N", help="train on the first N training videos only")
     add_early_stopping_args(parser)
@@ -119,6 +135,18 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
         f"file, or a template with {{name}} (the row: {ROW_EXAMPLES[kind]}) and {{seed}}, e.g. "
         "'labels/{name}-seed{seed}.csv' for labels refined by each row's own base run of that seed, or "
         "'labels/han-seed{seed}.csv' for HAN's labels in every row",
+    )  # fmt: skip
+    parser.add_argument(
+        "--noise-ratios", metavar="TEMPLATE",
+        help="JoMoLD label denoising in every run (`avvp estimate-noise`, see `avvp train --noise-ratios`): one "
+        f"NOISE.json, or a template with {{name}} (the row: {ROW_EXAMPLES[kind]}) and {{seed}}, e.g. "
+        "'noise/han-seed{seed}.json' for the ratios estimated by HAN's run of that seed in every row. Each file's "
+        "SHA-256 is recorded in its run's config.json: a finished run of another file is refused, not reused. "
+        "Not with --stack",
+    )  # fmt: skip
+    parser.add_argument(
+        "--denoise-from-epoch", type=int, default=recipe.denoise_from_epoch, metavar="N",
+        help="with --noise-ratios: remove labels from epoch N on (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--table-only", action="store_true", help="train nothing: write the tables from the runs already finished"
@@ -172,11 +200,15 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[SweepConfig], list[in
         batch_size=args.batch_size,
         lr=args.lr,
         lr_step=args.lr_step,
+        lr_gamma=args.lr_gamma,
         precision=args.precision,
         max_train_videos=args.max_train_videos,
+        loss_weights=parse_loss_weights(args.loss_weight),
+        denoise_from_epoch=args.denoise_from_epoch,
         **early_stopping_from_args(args),
     )
-    runs = plan_runs(configs, seeds, Path(args.out), base, dim=args.dim, modality_labels=args.modality_labels)
+    runs = plan_runs(configs, seeds, Path(args.out), base, dim=args.dim, modality_labels=args.modality_labels,
+                     noise_ratios=args.noise_ratios)  # fmt: skip
     return configs, seeds, runs
 
 
@@ -185,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     from avvp.errors import AvvpError
     from avvp.sweep import (
-        check_modality_label_files,
+        check_run_files,
         collect_rows,
         collect_run_summaries,
         read_sweep_recipe,
@@ -199,10 +231,13 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr-step", args.lr_step)):
         if value < 1:
             raise AvvpError(f"{flag} {value}: must be at least 1")
-    if not args.lr > 0:
-        raise AvvpError(f"--lr {args.lr}: must be positive")
+    for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma)):
+        if not value > 0:
+            raise AvvpError(f"{flag} {value}: must be positive")
     if args.max_train_videos is not None and args.max_train_videos < 1:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
+    if args.stack and args.noise_ratios:
+        raise AvvpError("--stack: not with --noise-ratios (stacked runs cannot denoise); train them without --stack")
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
     _check_cluster_flags(args)
@@ -221,11 +256,11 @@ def run(args: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     if not args.table_only:
         slots = worker_devices(_devices(args), args.workers)
-        check_modality_label_files(runs)
+        check_run_files(runs)
         for run in runs:  # a folder of another recipe stops the sweep before sweep.json is touched
             run_status(run, features, annotations)
         out.mkdir(parents=True, exist_ok=True)
-        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels)
+        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels, args.noise_ratios)
         report = run_sweep(runs, features=features, annotations=annotations, slots=slots, stack=args.stack)
         failed = report.failed
         print(
@@ -268,7 +303,7 @@ def _one_run_per_process(args: argparse.Namespace, runs: list[PlannedRun], featu
 
     from avvp.cli.common import resolve_device
     from avvp.sweep import (
-        check_modality_label_files,
+        check_run_files,
         only_commands,
         run_status,
         select_run,
@@ -279,21 +314,23 @@ def _one_run_per_process(args: argparse.Namespace, runs: list[PlannedRun], featu
     out = runs[0].run_dir.parent
     if args.only:
         run = select_run(runs, args.only)
-        check_modality_label_files([run])
+        check_run_files([run])
         run_status(run, features, annotations)  # a folder of another recipe is refused before anything is written
         device = str(resolve_device(args.device or "auto"))
         out.mkdir(parents=True, exist_ok=True)
-        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels, only_if_absent=True)
+        write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels, args.noise_ratios,
+                           only_if_absent=True)  # fmt: skip
         outcome = train_only(run, features=features, annotations=annotations, device=device)
         said = {"reused": "finished already, nothing to do", "trained": "trained", "resumed": "resumed and finished"}
         print(f"sweep {args.sweep_kind} --only {run.name}: {said[outcome]} (collect the tables with --table-only)")
         return 0
-    check_modality_label_files(runs)
+    check_run_files(runs)
     todo = [run for run in runs if run_status(run, features, annotations) != "done"]  # every folder checked first
     out.mkdir(parents=True, exist_ok=True)
-    write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels)
+    write_sweep_record(out, args.sweep_kind, runs, features, annotations, args.modality_labels, args.noise_ratios)
     for line in only_commands(args.sweep_kind, runs, todo, features=features, annotations=annotations, dim=args.dim,
-                              modality_labels=args.modality_labels, device=args.device):  # fmt: skip
+                              modality_labels=args.modality_labels, noise_ratios=args.noise_ratios,
+                              device=args.device):  # fmt: skip
         print(line)
     if todo:
         print(f"avvp sweep: {len(todo)} command(s), one per unfinished run of {len(runs)}", file=sys.stderr)

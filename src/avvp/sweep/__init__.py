@@ -37,7 +37,7 @@ from avvp.sweep.definitions import (
     model_configs,
     sweep_configs,
 )
-from avvp.sweep.plan import PlannedRun, check_modality_label_files, modality_label_file, plan_runs, run_status
+from avvp.sweep.plan import PlannedRun, check_run_files, plan_runs, run_file, run_status
 from avvp.sweep.predictions import TEST_PREDICTIONS, read_run_config, run_test_predictions
 from avvp.sweep.record import read_sweep_recipe, write_sweep_record
 from avvp.sweep.report import collect_rows, collect_run_summaries, describe_recipe, write_tables
@@ -63,18 +63,18 @@ __all__ = [
     "SweepJob",
     "SweepReport",
     "assign_configs",
-    "check_modality_label_files",
+    "check_run_files",
     "collect_rows",
     "collect_run_summaries",
     "depth_configs",
     "describe_recipe",
     "make_jobs",
-    "modality_label_file",
     "model_configs",
     "only_commands",
     "plan_runs",
     "read_run_config",
     "read_sweep_recipe",
+    "run_file",
     "run_status",
     "run_sweep",
     "run_test_predictions",

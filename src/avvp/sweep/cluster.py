@@ -27,7 +27,8 @@ from avvp.training import TrainConfig
 log = logging.getLogger(__name__)
 
 ONLY_HOLDER = "another `avvp train` or `avvp sweep --only`"
-PER_RUN = ("model", "seed", "model_overrides", "modality_labels")  # TrainConfig fields a sweep sets per run
+# TrainConfig fields a sweep sets per run
+PER_RUN = ("model", "seed", "model_overrides", "modality_labels", "noise_ratios")
 
 
 def select_run(runs: Sequence[PlannedRun], name: str) -> PlannedRun:
@@ -73,6 +74,7 @@ def only_commands(
     annotations: Path,
     dim: int | None = None,
     modality_labels: str | None = None,
+    noise_ratios: str | None = None,
     device: str | None = None,
 ) -> list[str]:
     """One shell command line per run of `todo`: `avvp sweep KIND ... --only RUN` with every setting of the sweep
@@ -85,7 +87,9 @@ def only_commands(
     flags += ["--configs", ",".join(dict.fromkeys(run.config.name for run in runs))]
     flags += ["--seeds", ",".join(str(seed) for seed in dict.fromkeys(run.seed for run in runs))]
     flags += ["--epochs", str(base.epochs), "--batch-size", str(base.batch_size), "--lr", repr(base.lr)]
-    flags += ["--lr-step", str(base.lr_step), "--precision", base.precision]
+    flags += ["--lr-step", str(base.lr_step), "--lr-gamma", repr(base.lr_gamma), "--precision", base.precision]
+    for name, weight in base.loss_weights.items():
+        flags += ["--loss-weight", f"{name}={weight!r}"]
     if base.max_train_videos is not None:
         flags += ["--max-train-videos", str(base.max_train_videos)]
     if base.patience is not None:
@@ -94,6 +98,9 @@ def only_commands(
         flags += ["--dim", str(dim)]
     if modality_labels is not None:
         flags += ["--modality-labels", str(Path(modality_labels).absolute())]  # a template: {name} stays
+    if noise_ratios is not None:
+        flags += ["--noise-ratios", str(Path(noise_ratios).absolute())]
+    flags += ["--denoise-from-epoch", str(base.denoise_from_epoch)]
     if device is not None:
         flags += ["--device", device]
     _check_carried(base)
@@ -105,13 +112,14 @@ def only_commands(
 def _check_carried(base: TrainConfig) -> None:
     """The flags of `only_commands` give the sweep's whole recipe: no setting `avvp sweep` has no flag for."""
     carried = TrainConfig(
-        epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, lr_step=base.lr_step, precision=base.precision,
-        max_train_videos=base.max_train_videos, patience=base.patience, min_epochs=base.min_epochs,
+        epochs=base.epochs, batch_size=base.batch_size, lr=base.lr, lr_step=base.lr_step, lr_gamma=base.lr_gamma,
+        precision=base.precision, max_train_videos=base.max_train_videos, patience=base.patience,
+        min_epochs=base.min_epochs, loss_weights=dict(base.loss_weights), denoise_from_epoch=base.denoise_from_epoch,
     )  # fmt: skip
     lost = [
         key
         for key, value in base.to_dict().items()
-        if key not in PER_RUN and carried.to_dict()[key] != value  # e.g. lr_gamma, set from Python
+        if key not in PER_RUN and carried.to_dict()[key] != value  # e.g. eval_batch_size, set from Python
     ]
     if lost:
         raise AvvpError(

@@ -10,13 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avvp.data.modality_labels import file_sha256
+from avvp.denoise import check_supported as check_denoise_supported
+from avvp.denoise import read_noise_ratios
 from avvp.errors import AvvpError
 from avvp.models.registry import config_fields, config_to_dict, get_spec, make_config
-from avvp.run_folder import LABELS_HASH, SAFE_ON_RESUME, read_run_record, stored_setting
+from avvp.objective import resolve_weights
+from avvp.run_folder import LABELS_HASH, NOISE_HASH, SAFE_ON_RESUME, read_run_record, stored_setting
 from avvp.sweep.definitions import SweepConfig
 from avvp.training import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# The files a sweep gives each run (a TrainConfig field, a path): the flag, its content's hash in config.json
+# (compared on reuse) and what it is, in words.
+RUN_FILES = {
+    "modality_labels": ("--modality-labels", LABELS_HASH, "modality labels"),
+    "noise_ratios": ("--noise-ratios", NOISE_HASH, "noise ratios"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ def plan_runs(
     *,
     dim: int | None = None,
     modality_labels: str | None = None,
+    noise_ratios: str | None = None,
 ) -> list[PlannedRun]:
     """Every (configuration, seed) as a run under `out_dir`, seed-major so early results cover every row.
 
@@ -52,13 +63,20 @@ def plan_runs(
         dim: model width for every run instead of each model's default (smaller for quick trials); a model whose
             config has no `dim` field (a plugin's, say) keeps its defaults.
         modality_labels: a modality-label file for every run, or a template naming one per run with `{name}` (the
-            row, e.g. han or mgn-3-3-6) and `{seed}`, e.g. labels/{name}-seed{seed}.csv (see `modality_label_file`).
+            row, e.g. han or mgn-3-3-6) and `{seed}`, e.g. labels/{name}-seed{seed}.csv (see `run_file`).
+        noise_ratios: JoMoLD's NOISE.json for every run (`base.denoise_from_epoch` on), or a template as
+            `modality_labels`.
+
+    Raises AvvpError, before anything trains, for a loss weight (`base.loss_weights`) naming no term of a model of
+    the sweep, and for noise ratios given to a model that cannot be denoised.
     """
     if not seeds:
         raise AvvpError("--seeds: give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise AvvpError(f"--seeds {','.join(map(str, seeds))}: a seed is listed twice")
     models = {config.model for config in configs}
+    for model in sorted(models):
+        resolve_weights(model, base.loss_weights)
     with_dim = {model for model in models if "dim" in config_fields(get_spec(model))}
     if dim is not None and models - with_dim:
         log.info("--dim: %s without a 'dim' setting, trained at the default", ", ".join(sorted(models - with_dim)))
@@ -67,31 +85,38 @@ def plan_runs(
     for seed in seeds:
         for config in configs:
             overrides = dict(config.overrides) | ({"dim": dim} if dim is not None and config.model in with_dim else {})
-            labels = modality_label_file(modality_labels, config.name, seed) if modality_labels else None
-            train = dataclasses.replace(
-                base, model=config.model, seed=seed, model_overrides=overrides, modality_labels=labels
-            )
+            files = {
+                field: run_file(RUN_FILES[field][0], template, config.name, seed) if template else None
+                for field, template in (("modality_labels", modality_labels), ("noise_ratios", noise_ratios))
+            }
+            train = dataclasses.replace(base, model=config.model, seed=seed, model_overrides=overrides, **files)
+            if train.noise_ratios is not None:
+                check_denoise_supported(train)
             runs.append(PlannedRun(config, seed, train, out_dir / f"{config.name}-seed{seed}"))
     return runs
 
 
-def modality_label_file(template: str, name: str, seed: int) -> str:
-    """The modality-label file of one run: `template` with `{name}` and `{seed}` filled in, as an absolute path."""
+def run_file(flag: str, template: str, name: str, seed: int) -> str:
+    """The file of one run that `flag` (--modality-labels, --noise-ratios) gives: `template` with `{name}` and
+    `{seed}` filled in, as an absolute path."""
     try:
         path = template.format(name=name, seed=seed)
     except (KeyError, IndexError, ValueError) as err:
-        raise AvvpError(
-            f"--modality-labels {template!r}: only {{name}} and {{seed}} can be filled in ({err})"
-        ) from None
+        raise AvvpError(f"{flag} {template!r}: only {{name}} and {{seed}} can be filled in ({err})") from None
     return str(Path(path).resolve())
 
 
-def check_modality_label_files(runs: Sequence[PlannedRun]) -> None:
-    """Every run's modality-label file exists (before anything trains)."""
-    files = sorted({run.train.modality_labels for run in runs if run.train.modality_labels})
-    missing = [path for path in files if not Path(path).is_file()]
-    if missing:
-        raise AvvpError(f"--modality-labels: {len(missing)} file(s) not found: {', '.join(missing[:4])}")
+def check_run_files(runs: Sequence[PlannedRun]) -> None:
+    """Every run's modality-label and noise-ratio files exist, and the noise ratios are valid (before anything
+    trains); one error line naming the flag and the first files missing."""
+    for field, (flag, _, _) in RUN_FILES.items():
+        files = sorted({getattr(run.train, field) for run in runs if getattr(run.train, field)})
+        missing = [path for path in files if not Path(path).is_file()]
+        if missing:
+            raise AvvpError(f"{flag}: {len(missing)} file(s) not found: {', '.join(missing[:4])}")
+        if field == "noise_ratios":
+            for path in files:
+                read_noise_ratios(path)
 
 
 def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[str]:
@@ -123,10 +148,11 @@ def _check_same_run(run: PlannedRun, features: Path, annotations: Path) -> list[
     stored_model = stored.get("model", {}).get("config")
     if stored_model != model_config:
         differences.append(f"model config {stored_model} (sweep: {model_config})")
-    labels = run.train.modality_labels
-    labels_hash = file_sha256(labels) if labels and Path(labels).is_file() else None
-    if stored.get(LABELS_HASH) != labels_hash:
-        differences.append(f"modality labels of SHA-256 {stored.get(LABELS_HASH)} (sweep: {labels_hash})")
+    for field, (_, hash_key, what) in RUN_FILES.items():
+        path = getattr(run.train, field)
+        digest = file_sha256(path) if path and Path(path).is_file() else None
+        if stored.get(hash_key) != digest:
+            differences.append(f"{what} of SHA-256 {stored.get(hash_key)} (sweep: {digest})")
     differences += [
         f"{key}={stored.get(key)!r} (sweep: {expected[key]!r})"
         for key in ("features", "annotations")

@@ -41,14 +41,16 @@ def write_sweep_record(
     features: Path,
     annotations: Path,
     modality_labels: str | None = None,
+    noise_ratios: str | None = None,
     *,
     only_if_absent: bool = False,
 ) -> None:
     """OUT/sweep.json: what the sweep is made of, for people and scripts looking at the folder later. Its run list
     keeps the runs of earlier commands on the same folder (other --configs or --seeds) and adds these;
-    `modality_labels` is the sweep's --modality-labels as given (a template). With `only_if_absent` (`sweep
-    --only`, many processes at once), an existing sweep.json is left as it is: never rewritten from a merge that a
-    concurrent writer may have outdated (the commands of one sweep would all write the same record)."""
+    `modality_labels` and `noise_ratios` are the sweep's --modality-labels and --noise-ratios as given (templates).
+    With `only_if_absent` (`sweep --only`, many processes at once), an existing sweep.json is left as it is: never
+    rewritten from a merge that a concurrent writer may have outdated (the commands of one sweep would all write
+    the same record)."""
     if only_if_absent and (out_dir / "sweep.json").exists():
         return
     planned = [{"name": run.name, "config": run.config.name, "seed": run.seed} for run in runs]
@@ -61,6 +63,7 @@ def write_sweep_record(
         "annotations": str(annotations),
         "runs": kept + planned,
         "train": runs[0].train.to_dict()
-        | {"model": None, "seed": None, "model_overrides": None, "modality_labels": modality_labels},
+        | {"model": None, "seed": None, "model_overrides": None}
+        | {"modality_labels": modality_labels, "noise_ratios": noise_ratios},
     }
     atomic_write_text(out_dir / "sweep.json", json.dumps(record, indent=2) + "\n")

@@ -138,8 +138,14 @@ def describe_recipe(train: dict[str, Any]) -> str:
     if train.get("patience"):
         parts.append(f"early stopping after {train['patience']} epochs without a better val Type@AV, counted from "
                      f"the later of the best epoch and epoch {train.get('min_epochs', 0)}")  # fmt: skip
+    if train.get("loss_weights"):
+        weights = ", ".join(f"{name} {weight:g}" for name, weight in train["loss_weights"].items())
+        parts.append(f"loss weights {weights} (the other terms at their defaults)")
     if train.get("modality_labels"):
         parts.append(f"p_a and p_v trained on the modality labels {train['modality_labels']}")
+    if train.get("noise_ratios"):
+        parts.append(f"JoMoLD label denoising with the noise ratios {train['noise_ratios']} from epoch "
+                     f"{train['denoise_from_epoch']}")  # fmt: skip
     parts.append(f"precision {train.get('precision', 'auto')}; the best val epoch is tested")
     return ", ".join(parts)
 

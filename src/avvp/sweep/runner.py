@@ -228,6 +228,9 @@ def train_command(run: PlannedRun, features: Path, annotations: Path, device: st
         command += ["--loss-weight", f"{name}={weight!r}"]
     if config.modality_labels is not None:
         command += ["--modality-labels", config.modality_labels]
+    if config.noise_ratios is not None:
+        command += ["--noise-ratios", config.noise_ratios]
+    command += ["--denoise-from-epoch", str(config.denoise_from_epoch)]
     if resume:
         command.append("--resume")
     return command
