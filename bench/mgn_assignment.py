@@ -9,7 +9,9 @@ Two parts:
 `truth`: per annotation folder (LLP-Synth's, real LLP's ../shared/llp) and split (val, test), how many segments
 of each modality's dense truth hold one class and how many two or more, and the ceiling of a parse that gives each
 segment at most one class (every other truth kept): its segment-level F-score by the official metric. (At the
-segment level it does not matter which class of a segment is kept.)
+segment level it does not matter which class of a segment is kept.) Also Figure 2's two readings (per video, token
+c found or not) of two ideal token sets: tokens that are exactly the modality's truth, read against the weak labels,
+and tokens that are exactly the weak labels, read against the modality's truth.
 
 `runs`: per MGN checkpoint, on the test split, the class grouping of each modality's CUG. For every segment, the
 assignment over the 25 class groups is recomputed from the grouping's inputs (a forward hook: the same logits
@@ -37,7 +39,7 @@ import torch
 from avvp.checkpoint import load_model
 from avvp.data.annotations import load_split
 from avvp.data.splits import feature_tensors, load_split_data
-from avvp.metrics import evaluate
+from avvp.metrics import evaluate, token_scores
 from avvp.models.registry import unwrap
 
 MODALITIES = ("audio", "visual")
@@ -67,7 +69,31 @@ def truth_record(label: str, annotations: Path, split_name: str) -> dict:
         one_class_per_segment(split.audio), one_class_per_segment(split.visual), split.audio, split.visual
     )
     record["one_class_ceiling"] = {track: ceiling.segment[track] for track in ("audio", "visual", "type")}
+    record["token_readings"] = {  # Figure 2's two readings of two ideal token sets (docs/experiments.md)
+        modality: {
+            "modality_truth_vs_weak_labels": token_scores(getattr(split, modality).any(axis=1), split.labels),
+            "weak_labels_vs_modality_truth": token_scores(split.labels, getattr(split, modality)),
+        }
+        for modality in MODALITIES
+    }
     return record
+
+
+def print_readings(records: list[dict]) -> None:
+    print("\n| annotations | split | tokens | reading | precision | recall | F1 |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
+    names = {
+        "modality_truth_vs_weak_labels": ("exactly the modality's truth", "against the weak labels"),
+        "weak_labels_vs_modality_truth": ("exactly the weak labels", "against the modality's truth"),
+    }
+    for record in records:
+        for modality in MODALITIES:
+            for key, (tokens, reading) in names.items():
+                scores = record["token_readings"][modality][key]
+                print(
+                    f"| {record['annotations']} | {record['split']} | {modality}: {tokens} | {reading} | "
+                    f"{scores['precision']:.1f} | {scores['recall']:.1f} | {scores['f1']:.1f} |"
+                )
 
 
 def print_truth(records: list[dict]) -> None:
@@ -201,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = [item.partition("=")[::2] if "=" in item else (item, item) for item in args.annotations]
         records = [truth_record(label, Path(folder), name) for label, folder in folders for name in ("val", "test")]
         print_truth(records)
+        print_readings(records)
     else:
         records = []
         for item in args.run:
