@@ -14,7 +14,7 @@ import torch
 from conftest import cli
 
 from avvp.data.classes import CLASSES
-from avvp.denoise import class_means, noise_ratios, read_noise_ratios, removal_masks, true_noise_shares
+from avvp.denoise import NoiseRatios, class_means, noise_ratios, read_noise_ratios, removal_masks, true_noise_shares
 from avvp.errors import AvvpError
 
 TINY_HAN = ["--model", "han", "--dim", "32"]
@@ -312,3 +312,47 @@ def test_han_trains_with_the_contrastive_term(synth_llp: Path, tmp_path: Path, c
     loss = _records(on)[0]["loss"]
     assert loss["contrastive"] > 0
     assert loss["total"] == pytest.approx(loss["p_av"] + loss["p_a"] + loss["p_v"] + loss["contrastive"])
+
+
+# ------------------------------------------------------------------------------------------------ with MA's labels
+
+
+class _FixedModel(torch.nn.Module):
+    """Returns set video-level probabilities whatever the input (its cross-modal-free form included)."""
+
+    def __init__(self, p_a: torch.Tensor, p_v: torch.Tensor) -> None:
+        super().__init__()
+        self.p_a, self.p_v = p_a, p_v
+
+    def forward(self, audio, res152, r2plus1d, cross_modal: bool = True):
+        from avvp.models import ParseOutput
+
+        batch = len(self.p_a)
+        zeros = torch.zeros(batch, 10, 25)
+        return ParseOutput(p_av=self.p_a, p_a=self.p_a, p_v=self.p_v, audio=zeros, visual=zeros)
+
+
+def test_with_modality_labels_the_other_modality_is_ranked_against_the_weak_label() -> None:
+    """Four videos weakly labelled class 2 and visually positive; MA removed video 0's audio label. Video 0's p_a is
+    0.01: against MA's audio target (0) its audio loss is the smallest, against the weak label (1) the largest.
+    Visual ratio 0.5 (n = 2): the largest visual losses are videos 0 and 1; the smallest audio losses, ranked
+    against the weak label, videos 2 and 1: only video 1 loses its visual label. MA's removal stays removed, and
+    video 0 is no audio positive."""
+    from avvp.denoise import Denoiser
+    from avvp.recipe import TrainConfig
+
+    weak = _column([1, 1, 1, 1], 2)
+    audio = weak.clone()
+    audio[0, 2] = 0  # MA: not audible
+    labels = torch.stack([weak, audio, weak.clone()], dim=1)  # [4, 3, 25] (weak, audio, visual)
+    p_a, p_v = _column([0.01, 0.6, 0.9, 0.5], 2), _column([0.1, 0.2, 0.8, 0.9], 2)
+    ratios = NoiseRatios(np.zeros(25), np.full(25, 0.5), {})
+    config = TrainConfig(model="han", denoise_from_epoch=1)
+    denoiser = Denoiser(ratios, config, torch.device("cpu"), "fp32")
+    denoiser.set_epoch(1)
+    inputs = (torch.zeros(4, 10, 128), torch.zeros(4, 10, 2048), torch.zeros(4, 10, 512))
+    rows = denoiser(_FixedModel(p_a, p_v), inputs, labels, torch.arange(4))
+    assert rows[:, 2, 2].tolist() == [1, 0, 1, 1]  # visual: video 1 removed
+    assert rows[:, 1, 2].tolist() == [0, 1, 1, 1]  # audio: MA's removal kept, nothing else (audio ratio 0)
+    assert torch.equal(rows[:, 0], weak)
+    assert denoiser.take_counts() == [0.0, 1.0, 0.0, 0.0]
