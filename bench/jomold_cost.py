@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from profile_step import timed  # bench/, the script's folder
 
 from avvp.denoise import Denoiser, NoiseRatios
 from avvp.distributed import DistributedContext
@@ -45,17 +44,6 @@ def make_step(name: str, batch: int, seed: int = 0) -> TrainStep:
     )
 
 
-def median_seconds(function, steps: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(name: str, batch: int, steps: int) -> tuple[float, float]:
     """Median seconds of a plain step and of a denoised one (the same model and batch)."""
     index = torch.arange(batch)
@@ -64,9 +52,7 @@ def measure(name: str, batch: int, steps: int) -> tuple[float, float]:
     ratios = NoiseRatios(np.full(25, 0.3), np.full(25, 0.3), {})
     denoised.denoiser = Denoiser(ratios, denoised.config, torch.device("cpu"), "fp32")
     denoised.denoiser.set_epoch(denoised.config.denoise_from_epoch)
-    return median_seconds(lambda: plain.run(index, batch), steps), median_seconds(
-        lambda: denoised.run(index, batch), steps
-    )
+    return timed(lambda: plain.run(index, batch), steps), timed(lambda: denoised.run(index, batch), steps)
 
 
 def main() -> None:
