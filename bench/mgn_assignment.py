@@ -23,7 +23,7 @@ Hard-Softmax CUG this is the one-hot the model uses). Measured over all test seg
 - `truth`: of the segments with a class in that modality's truth, the share assigned to one of those classes;
 - `entropy`: the mean entropy of the assignment over the groups, in bits (uniform over 25: 4.64);
 - `groups/video`: the distinct groups a video's 10 segments go to; `groups`: the groups any test segment goes
-  to; `top`: the share of all test segments in the most used group.
+  to; `top`: the share of all test segments in the most used group, and that group's class.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 
 from avvp.checkpoint import load_model
 from avvp.data.annotations import load_split
+from avvp.data.classes import CLASSES
 from avvp.data.splits import feature_tensors, load_split_data
 from avvp.metrics import evaluate, token_scores
 from avvp.models.registry import unwrap
@@ -146,6 +147,7 @@ def assignment_stats(assign: np.ndarray, present: np.ndarray, weak: np.ndarray, 
         "groups_per_video": float(np.mean([len(np.unique(row)) for row in chosen])),
         "groups": int((counts > 0).sum()),
         "top": 100 * float(counts.max() / counts.sum()),
+        "top_class": CLASSES[int(counts.argmax())],
     }
 
 
@@ -186,14 +188,14 @@ def run_record(
 
 def print_runs(records: list[dict]) -> None:
     print("| run | CUG | modality | weak | present | truth | entropy (bits) | groups/video | groups | top |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for record in records:
         for modality in MODALITIES:
             s = record[modality]
             print(
                 f"| {record['label']} | {record['unimodal_assign']} | {modality} | {s['weak']:.1f} | "
                 f"{s['present']:.1f} | {s['truth']:.1f} | {s['entropy']:.2f} | {s['groups_per_video']:.2f} | "
-                f"{s['groups']} | {s['top']:.1f} |"
+                f"{s['groups']} | {s['top']:.1f} ({s['top_class']}) |"
             )
 
 

@@ -43,7 +43,7 @@ def test_assignment_stats_on_a_hand_case() -> None:
     assert stats["truth"] == pytest.approx(100.0)  # the 5 segments with truth are in their class's group
     assert stats["entropy"] == pytest.approx(0.0, abs=1e-6)
     assert stats["groups_per_video"] == 3 and stats["groups"] == 3
-    assert stats["top"] == pytest.approx(50.0)
+    assert stats["top"] == pytest.approx(50.0) and stats["top_class"] == "Speech"  # group 0
     uniform = np.full((1, 25, 10), 1 / 25)
     assert mgn_assignment.assignment_stats(uniform, present, weak, truth)["entropy"] == pytest.approx(np.log2(25))
 
