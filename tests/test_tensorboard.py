@@ -66,6 +66,8 @@ def _expected(record: dict, weights: dict[str, float]) -> dict[str, float]:
     expected |= {f"time/{k}": record[k] for k in ("train_seconds", "epoch_seconds", "videos_per_second")}
     if "tokens" in record:
         expected |= {f"val/tokens/{m}/{s}": record["tokens"][m][s] for m in ("audio", "visual") for s in TOKENS}
+        weak = record["tokens"]["weak"]  # the weak-label reading of the same tokens
+        expected |= {f"val/tokens/weak/{m}/{s}": weak[m][s] for m in ("audio", "visual") for s in TOKENS}
     return expected
 
 
