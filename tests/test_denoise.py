@@ -185,6 +185,8 @@ def test_every_ratio_0_equals_plain_training(synth_llp: Path, tmp_path: Path, ca
     records = _records(denoised)
     assert [r["denoise"]["removed"] for r in records] == [{"audio": 0, "visual": 0}] * 2  # the ranking pass ran
     assert [r["denoise"]["active"] for r in records] == [False, True]
+    assert records[1]["denoise"]["precision"] == {"audio": None, "visual": None}  # nothing removed: undefined
+    assert records[1]["denoise"]["recall"] == {"audio": 0.0, "visual": 0.0}  # none of the absent labels removed
     assert "denoise" not in _records(plain)[0]
     config = json.loads((denoised / "config.json").read_text())
     assert config["train"]["noise_ratios"] == str(noise.resolve())
@@ -256,6 +258,7 @@ def test_estimate_noise_on_our_checkpoint_and_the_authors_han_format(synth_llp: 
     ratios = read_noise_ratios(ours)
     record = json.loads(ours.read_text())
     assert record["thresholds"] == {"audio": 0.6, "visual": 1.8} and record["videos"] == 32
+    assert record["estimator"]["trained_cross_modal"] is False  # recorded by our safetensors
     assert set(record["true_shares"]) == {"audio", "visual"}
     assert ((ratios.audio >= 0) & (ratios.audio <= 1)).all() and ratios.visual.max() > 0
     # the same numbers by hand: the estimator's cross-modal-free p_a, p_v on the training split, in batches of 8
@@ -356,3 +359,53 @@ def test_with_modality_labels_the_other_modality_is_ranked_against_the_weak_labe
     assert rows[:, 1, 2].tolist() == [0, 1, 1, 1]  # audio: MA's removal kept, nothing else (audio ratio 0)
     assert torch.equal(rows[:, 0], weak)
     assert denoiser.take_counts() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_estimate_noise_reads_a_checkpoint_saved_as_the_jomold_authors_save_theirs(
+    synth_llp: Path, tmp_path: Path, capsys
+) -> None:
+    """Their main.py saves the weights under 'model' beside the optimiser, the schedule and the random states,
+    numpy's among them (an array): read without unpickling anything else."""
+    import random
+
+    from avvp.checkpoint import official_state_dict
+    from avvp.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("han", dim=32, cross_modal=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    state = {"cuda_rng": torch.get_rng_state(), "random_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+             "model": official_state_dict(model), "optimizer": optimizer.state_dict(),
+             "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 6, 0.25).state_dict(), "epochs": 25}  # fmt: skip
+    path = tmp_path / "noise_estimater.pt"
+    torch.save(state, path)
+    out = tmp_path / "noise.json"
+    common = ["--features", synth_llp / "feats", "--annotations", synth_llp, "--device", "cpu"]
+    status, _, err = cli(capsys, "estimate-noise", "--checkpoint", path, "--out", out, *common)
+    assert status == 0, err
+    record = json.loads(out.read_text())
+    assert record["estimator"]["format"] == "official" and record["estimator"]["trained_cross_modal"] is None
+
+
+def test_n_is_the_floor_of_the_exact_product() -> None:
+    """Ratio 1/41 of 41 positives is n = 1 (in float32, 1/41 x 41 rounds below 1 and n would be 0): the video with
+    the largest visual loss, which also has the smallest audio loss, loses its visual label."""
+    from avvp.denoise import Denoiser
+    from avvp.recipe import TrainConfig
+
+    videos = 41
+    p_v = _column([0.05 + 0.9 * i / videos for i in range(videos)], 0)  # video 0: the lowest p_v, largest loss
+    p_a = _column([0.99 - 0.5 * i / videos for i in range(videos)], 0)  # video 0: the highest p_a, smallest loss
+    ratios = NoiseRatios(np.zeros(25), np.full(25, 1 / 41), {})
+    denoiser = Denoiser(ratios, TrainConfig(model="han", denoise_from_epoch=1), torch.device("cpu"), "fp32")
+    denoiser.set_epoch(1)
+    inputs = (torch.zeros(videos, 10, 128), torch.zeros(videos, 10, 2048), torch.zeros(videos, 10, 512))
+    rows = denoiser(_FixedModel(p_a, p_v), inputs, _column([1] * videos, 0), torch.arange(videos))
+    assert rows[:, 2, 0].nonzero().flatten().tolist() == list(range(1, videos))  # video 0's visual label removed
+    assert np.float32(1 / 41) * np.float32(41) < 1  # the float32 product this guards against
+
+
+def test_denoise_from_epoch_without_noise_ratios_is_refused(synth_llp: Path, tmp_path: Path, capsys) -> None:
+    status, _, err = cli(capsys, *_train_args(synth_llp, tmp_path / "run", 1), *TINY_HAN, "--denoise-from-epoch", "3")
+    assert status == 2 and "--denoise-from-epoch 3: only with --noise-ratios" in err
+    assert not (tmp_path / "run").exists()

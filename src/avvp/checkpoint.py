@@ -162,7 +162,8 @@ def load_model(
     its format declares `unrecorded` (MGN's assignment kinds: default soft); ours record every field, and a given
     value overrides the recorded one (with a warning). `unimodal_assign` / `crossmodal_assign` are two such
     overrides by name (`--unimodal-assign`). A field the model does not have is ignored with a warning.
-    info: `format` ('avvp' or 'official'), `model`, `config`, `cross_modal`, `dropped_keys`, `metadata` (ours),
+    info: `format` ('avvp' or 'official'), `model`, `config`, `cross_modal` (and `cross_modal_recorded`: whether the
+    file says so, else True is assumed), `dropped_keys`, `metadata` (ours),
     `path`.
     """
     path = Path(path)
@@ -204,6 +205,7 @@ def load_model(
         "model": name,
         "config": config_to_dict(config),
         "cross_modal": cross_modal,
+        "cross_modal_recorded": kind == "safetensors",  # other files do not say: `cross_modal` is then assumed
         "dropped_keys": dropped,
         "metadata": metadata,
     }
@@ -325,14 +327,24 @@ def _unsafe_object(err: BaseException) -> str | None:
     return f"the Python object {match.group(1)}" if match else "Python objects other than tensors"
 
 
+def _numpy_array_globals() -> list[Any]:
+    """What unpickling a plain numpy array needs (e.g. `np.random.get_state()` saved beside the weights, as the
+    JoMoLD authors' checkpoints hold it): array reconstruction and dtypes only, nothing that runs other code."""
+    import numpy as np
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def safe_torch_load(path: str | Path) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, its errors one line that never advises unpickling.
 
-    PyTorch's own message for a file holding Python objects suggests `weights_only=False`, which runs whatever
-    code the file carries; that advice is never passed on.
+    Besides tensors, plain numpy arrays are allowed (`_numpy_array_globals`). PyTorch's own message for a file
+    holding other Python objects suggests `weights_only=False`, which runs whatever code the file carries; that
+    advice is never passed on.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (truncated zip, bad pickle, disallowed objects: all different errors)
         # Raised `from None`, so that not even a traceback passes torch's advice on.
         unsafe = _unsafe_object(err)

@@ -225,7 +225,8 @@ class Denoiser:
         truth: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.config, self.device, self.precision = config, device, precision
-        self.ratios = {m: torch.as_tensor(getattr(ratios, m), dtype=torch.float32, device=device) for m in MODALITIES}
+        # float64, as the authors' code multiplies its ratios: n = floor(ratio x positives) to the same integer
+        self.ratios = {m: torch.as_tensor(getattr(ratios, m), dtype=torch.float64, device=device) for m in MODALITIES}
         self.active = torch.zeros((), device=device)  # 1 from `from_epoch` on
         # present[m]: [N, 25] bool, the modality truth of the training videos (None: unknown)
         self.present = (
@@ -331,7 +332,7 @@ def estimate_noise(
     spec = get_spec(info["model"])
     if not spec.cross_modal_free:
         raise AvvpError(f"{checkpoint}: {spec.title} has no cross-modal-free form, which the estimator runs")
-    trained_cross_modal = info["format"] == "avvp" and info["cross_modal"]
+    trained_cross_modal = info["cross_modal"] if info["cross_modal_recorded"] else None  # None: the file does not say
     if trained_cross_modal:
         log.warning("%s was trained with cross-modal exchange; JoMoLD's estimator is trained without it "
                     "(avvp train --no-cross-modal)", checkpoint)  # fmt: skip

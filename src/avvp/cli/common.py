@@ -100,6 +100,15 @@ def resolve_device(value: str):
     return device
 
 
+def check_denoise_flags(args: argparse.Namespace) -> None:
+    """`--denoise-from-epoch` other than its default says when JoMoLD starts removing labels: only with
+    `--noise-ratios` (refused without it, since it would change nothing but what a resume compares)."""
+    from avvp.recipe import TrainConfig
+
+    if args.denoise_from_epoch != TrainConfig().denoise_from_epoch and not args.noise_ratios:
+        raise AvvpError(f"--denoise-from-epoch {args.denoise_from_epoch}: only with --noise-ratios")
+
+
 def add_assign_args(parser: argparse.ArgumentParser) -> None:
     """`--unimodal-assign` / `--crossmodal-assign` for imported authors' MGN checkpoints."""
     for which in ("unimodal", "crossmodal"):

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise AvvpError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_train_videos is not None and args.max_train_videos < 1:
+        raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     for flag, value in (("--a-thres", args.a_thres), ("--v-thres", args.v_thres)):
         if not value > 0:
             raise AvvpError(f"{flag} {value}: must be above 0")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from avvp.cli.common import (
     add_annotations_arg,
     add_early_stopping_args,
+    check_denoise_flags,
     early_stopping_from_args,
     parse_loss_weights,
     resolve_annotations,
@@ -236,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
             raise AvvpError(f"{flag} {value}: must be positive")
     if args.max_train_videos is not None and args.max_train_videos < 1:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
+    check_denoise_flags(args)
     if args.stack and args.noise_ratios:
         raise AvvpError("--stack: not with --noise-ratios (stacked runs cannot denoise); train them without --stack")
     if args.skip_bad_rows:

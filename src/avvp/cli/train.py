@@ -188,9 +188,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avvp.cli.common import resolve_device
+    from avvp.cli.common import check_denoise_flags, resolve_device
     from avvp.training import train
 
+    check_denoise_flags(args)
     config = config_from_args(args)
     result = train(
         config,

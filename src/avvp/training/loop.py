@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -68,6 +69,8 @@ from avvp.training.run import (
 )
 from avvp.training.tensorboard import TensorBoard, require_tensorboard
 from avvp.utils import format_duration, progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -259,8 +262,11 @@ def _noise(
     audible and which visible (regenerated from its seed: the removals' precision and recall in metrics.jsonl)."""
     if config.noise_ratios is None:
         return None, None
-    check_denoise_supported(config)
     ratios = read_noise_ratios(config.noise_ratios)
+    check_denoise_supported(config)
+    if config.denoise_from_epoch > config.epochs:
+        log.warning("--denoise-from-epoch %d is after the last epoch (%d): no label will be removed",
+                    config.denoise_from_epoch, config.epochs)  # fmt: skip
     truth = training_truth(sources.annotations, data.split.filenames, data.split.labels)
     return ratios, None if truth is None else (truth[0].any(axis=1), truth[1].any(axis=1))
 
@@ -381,8 +387,9 @@ def _denoise_record(run: Run, step: TrainStep | GraphedTrainStep, epoch: int) ->
         absent = {m: int((labelled & ~truth).sum()) for m, truth in zip(("audio", "visual"), run.data.truth)}
         right = {"audio": counts[2], "visual": counts[3]}
         record["truly_absent"] = absent
-        record["precision"] = {m: 100.0 * right[m] / removed[m] if removed[m] else 0.0 for m in removed}
-        record["recall"] = {m: 100.0 * right[m] / absent[m] if absent[m] else 0.0 for m in removed}
+        # None where undefined (nothing removed, nothing absent): not to be read as 0 % right
+        record["precision"] = {m: 100.0 * right[m] / removed[m] if removed[m] else None for m in removed}
+        record["recall"] = {m: 100.0 * right[m] / absent[m] if absent[m] else None for m in removed}
     return {"denoise": record}
 
 
