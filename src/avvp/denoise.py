@@ -43,7 +43,7 @@ import torch
 from avvp.data.classes import CLASSES, NUM_CLASSES
 from avvp.errors import AvvpError
 from avvp.models.registry import unwrap
-from avvp.objective import PROB_EPS, loss_targets
+from avvp.objective import label_bce, loss_targets
 from avvp.precision import autocast
 
 if TYPE_CHECKING:
@@ -202,12 +202,6 @@ def removal_masks(
     }
 
 
-def label_losses(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Each label's BCE [B, 25] on clamped probabilities (the objective's `clamp_bce` before its class mean)."""
-    probs = probs.float().clamp(PROB_EPS, 1 - PROB_EPS)
-    return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs))
-
-
 class Denoiser:
     """JoMoLD inside training: turns a batch's labels into (weak, audio, visual) rows [B, 3, 25] with the labels
     `removal_masks` removes, and counts the removals (against the modality truth, where known) for metrics.jsonl.
@@ -242,13 +236,13 @@ class Denoiser:
     ) -> torch.Tensor:
         """The batch's (weak, audio, visual) rows [B, 3, 25] after removal; `index`: its videos' rows."""
         targets = loss_targets(labels, self.config)
+        weak = loss_targets(targets.video, self.config)  # the targets the weak labels alone give (smoothed visual)
         output = self._ranking_pass(model, inputs)
-        scale, shift = self.config.visual_target_scale, self.config.visual_target_shift
         losses = {
-            "audio": label_losses(output.p_a, targets.audio),
-            "visual": label_losses(output.p_v, targets.visual),
-            "audio_weak": label_losses(output.p_a, targets.video),
-            "visual_weak": label_losses(output.p_v, scale * targets.video + shift),
+            "audio": label_bce(output.p_a, targets.audio),
+            "visual": label_bce(output.p_v, targets.visual),
+            "audio_weak": label_bce(output.p_a, weak.audio),
+            "visual_weak": label_bce(output.p_v, weak.visual),
         }
         positives = {"audio": targets.audio > 0.5, "visual": targets.visual > 0.5}
         ratios = {m: self.ratios[m] * self.active for m in MODALITIES}

@@ -35,15 +35,20 @@ if TYPE_CHECKING:
 PROB_EPS = 1e-7  # probabilities are clamped to [eps, 1 - eps] before BCE, as in the authors' code
 
 
-def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE (mean over classes) on clamped probabilities: [B, C] -> [B].
+def label_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each label's BCE on clamped probabilities: [B, C] -> [B, C] (JoMoLD ranks these).
 
     Written out rather than F.binary_cross_entropy (the same value: the clamp keeps the logs above -16.2, inside
     its -100 floor) because that kernel kills a CUDA process with a device assert on a NaN input; here a NaN
     reaches the loss sums and `train` stops with a clear error instead.
     """
     probs = probs.float().clamp(PROB_EPS, 1 - PROB_EPS)
-    return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs)).mean(dim=1)
+    return -(target * torch.log(probs) + (1 - target) * torch.log1p(-probs))
+
+
+def clamp_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample BCE (mean over classes, `label_bce`): [B, C] -> [B]."""
+    return label_bce(probs, target).mean(dim=1)
 
 
 @dataclass
