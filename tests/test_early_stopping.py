@@ -53,7 +53,8 @@ def scripted_val(monkeypatch):
     def scripted(model, data, **kwargs):
         scores, predictions = real(model, data, **kwargs)
         if data.split.name == "val":
-            calls = state["models"].setdefault(id(model), {"sequence": None, "calls": 0})
+            # The entry holds the model itself, so that its id cannot be reused by a later model once it is freed.
+            calls = state["models"].setdefault(id(model), {"sequence": None, "calls": 0, "model": model})
             if calls["sequence"] is None:
                 sequence, start = state["sequences"].pop(0)
                 calls["sequence"], calls["calls"] = sequence, start - 1
