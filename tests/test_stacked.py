@@ -201,3 +201,50 @@ def test_sweep_stack_with_two_workers_trains_each_row_in_one_worker(tiny_llp, tm
         for seed in (1, 2):
             record = json.loads((out / f"{row}-seed{seed}" / "config.json").read_text())
             assert record["stacked"]["runs"] == [f"{row}-seed1", f"{row}-seed2"]
+
+
+def _noise(path: Path, audio: float, visual: float) -> Path:
+    from avvp.data.classes import CLASSES
+
+    path.write_text(json.dumps({"audio": dict.fromkeys(CLASSES, audio), "visual": dict.fromkeys(CLASSES, visual)}))
+    return path
+
+
+def test_stacked_jomold_runs_equal_the_runs_trained_alone(tiny_llp, tmp_path, no_gumbel_noise) -> None:
+    """Seed 1 denoised with one file, seed 2 with another and seed 3 not at all (its weak labels stacked beside the
+    others' (weak, audio, visual) rows): each run ranks its own batches with its own model, so the removals are
+    those of the run trained alone, and so are the losses and scores (up to float rounding)."""
+    files = {1: _noise(tmp_path / "n1.json", 0.5, 0.5), 2: _noise(tmp_path / "n2.json", 0.3, 0.8), 3: None}
+    configs = [
+        dataclasses.replace(_config("mgn", seed), noise_ratios=str(path) if path else None, denoise_from_epoch=1)
+        for seed, path in files.items()
+    ]
+    for config in configs:
+        train(config, out_dir=tmp_path / f"alone{config.seed}", **_paths(tiny_llp))
+    stacked_dirs = [tmp_path / f"stacked{seed}" for seed in files]
+    train_stacked(configs, out_dirs=stacked_dirs, **_paths(tiny_llp))
+    for seed, stacked in zip(files, stacked_dirs):
+        alone = _metrics(tmp_path / f"alone{seed}")
+        for a, b in zip(alone, _metrics(stacked), strict=True):
+            assert b.get("denoise") == a.get("denoise")  # the same labels removed, epoch by epoch
+            assert b["loss"] == pytest.approx(a["loss"], rel=5e-4)
+            assert _flat(b["val"]) == pytest.approx(_flat(a["val"]), abs=1e-6)
+    removed = [sum(m["denoise"]["removed"].values()) for m in _metrics(stacked_dirs[0])]
+    assert all(count > 0 for count in removed)  # the rule acted in every epoch
+    assert "denoise" not in _metrics(stacked_dirs[2])[0]
+    assert json.loads((stacked_dirs[1] / "config.json").read_text())["train"]["noise_ratios"] == str(files[2])
+
+
+def test_sweep_stack_denoises_each_seed_with_its_own_file(tiny_llp, tmp_path) -> None:
+    template = str(tmp_path / "noise" / "{name}-seed{seed}.json")
+    (tmp_path / "noise").mkdir()
+    for seed, ratio in ((1, 0.5), (2, 0.25)):
+        _noise(tmp_path / "noise" / f"mgn-1-1-2-seed{seed}.json", ratio, ratio)
+    out = tmp_path / "sweep"
+    assert _sweep(tiny_llp, out, "--stack", "--noise-ratios", template, "--denoise-from-epoch", "1") == 0
+    for seed in (1, 2):
+        run_dir = out / f"mgn-1-1-2-seed{seed}"
+        record = json.loads((run_dir / "config.json").read_text())
+        assert record["stacked"]["runs"] == ["mgn-1-1-2-seed1", "mgn-1-1-2-seed2"]
+        assert record["train"]["noise_ratios"] == template.format(name="mgn-1-1-2", seed=seed)
+        assert _metrics(run_dir)[0]["denoise"]["active"]

@@ -139,8 +139,8 @@ def test_train_command_carries_the_noise_ratios_and_the_schedule(tmp_path: Path)
 
 def test_loss_weights_and_schedule_flags_are_checked_before_anything_trains(tiny_llp: Path, tmp_path: Path, capsys):
     """A term that a model of the sweep lacks (HAN has no audio_tokens, MGN has), a malformed weight, a
-    non-positive decay factor, denoising from epoch 0, a missing or invalid noise-ratio file, or --stack with noise
-    ratios: one line, nothing written, with or without --print-commands."""
+    non-positive decay factor, denoising from epoch 0, or a missing or invalid noise-ratio file: one line, nothing
+    written, with or without --print-commands (--stack with noise ratios trains: tests/test_stacked.py)."""
     out = tmp_path / "sweep"
     noise, bad = str(_noise_file(tmp_path / "noise.json")), str(_noise_file(tmp_path / "bad.json", audio=1.5))
     tokens_of_han = "--loss-weight audio_tokens: not a loss term of HAN"
@@ -152,7 +152,6 @@ def test_loss_weights_and_schedule_flags_are_checked_before_anything_trains(tiny
         (["--noise-ratios", noise, "--denoise-from-epoch", "0"], "--denoise-from-epoch 0: epochs count from 1"),
         (["--noise-ratios", str(tmp_path / "missing.json")], "--noise-ratios: 1 file(s) not found"),
         (["--noise-ratios", bad], "audio: Speech: ratio 1.5 is not a number in [0, 1]"),
-        (["--configs", "mgn-1-1-2", "--noise-ratios", noise, "--stack"], "--stack: not with --noise-ratios"),
     ):  # fmt: skip
         for cluster in ([], ["--print-commands"]):
             assert main(_sweep(tiny_llp, out, *flags, *cluster)) == 2, flags

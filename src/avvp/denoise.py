@@ -278,7 +278,8 @@ class Denoiser:
 
 def check_supported(config: TrainConfig) -> None:
     """Refuse, in one line, what `--noise-ratios` does not support: a model without a cross-modal-free form (the
-    ranking pass needs one), --cuda-graphs, --compile, --stream (stacked runs are refused by `avvp sweep --stack`)."""
+    ranking pass needs one), --cuda-graphs, --compile, --stream. Stacked runs (`avvp sweep --stack`) and DDP are
+    supported."""
     from avvp.models.registry import get_spec
 
     spec = get_spec(config.model)

@@ -104,7 +104,8 @@ class StackedTrainStep:
     through the stacking into each run's own weights, and each run's own Adam steps them, so the maths is that of
     each run trained alone. What differs is the noise of drop-path, dropout and Gumbel sampling: the runs draw it
     from one shared stream (vmap's `randomness="different"`), not each from its own. `steps` are the runs' own
-    `TrainStep`s (their model, optimiser, loss sums, labels), sharing one set of training features.
+    `TrainStep`s (their model, optimiser, loss sums, labels, JoMoLD denoiser), sharing one set of training features;
+    a run's denoiser ranks its own batch with its own model before the stacked call (eval mode: no noise drawn).
     """
 
     def __init__(self, steps: list[TrainStep]) -> None:
@@ -128,8 +129,15 @@ class StackedTrainStep:
             torch.stack([t.index_select(0, index) for index in indices]).to(first.device, non_blocking=True)
             for t in first.tensors
         ]
-        labels = [step.labels.index_select(0, index) for step, index in zip(self.steps, indices)]  # each run's own
-        inputs.append(torch.stack(labels).to(first.device, non_blocking=True))
+        labels = [  # each run's own
+            step.labels.index_select(0, index).to(first.device, non_blocking=True)
+            for step, index in zip(self.steps, indices)
+        ]
+        for run, step in enumerate(self.steps):
+            if step.denoiser is not None:  # JoMoLD: each run ranks its own batch with its own model, outside vmap
+                run_inputs = tuple(t[run] for t in inputs)
+                labels[run] = step.denoiser(step.model, run_inputs, labels[run], indices[run].to(first.device))
+        inputs.append(torch.stack(_as_rows(labels)))
         weights = {name: torch.stack(tensors) for name, tensors in zip(self.names, zip(*self.weights))}
         with warnings.catch_warnings():  # vmap runs the one-hot of Gumbel sampling (scatter_) per run, and says so
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -140,6 +148,14 @@ class StackedTrainStep:
         for step, run_totals in zip(self.steps, totals.detach().double()):
             step.optimizer.step()
             step.sums += run_totals
+
+
+def _as_rows(labels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The runs' labels in one shape: where some are (weak, audio, visual) rows [B, 3, 25] (modality labels, JoMoLD),
+    weak labels [B, 25] become three equal rows, which the objective reads as it reads the weak labels."""
+    if all(run_labels.dim() == labels[0].dim() for run_labels in labels):
+        return labels
+    return [run_labels if run_labels.dim() == 3 else run_labels.unsqueeze(1).expand(-1, 3, -1) for run_labels in labels]
 
 
 class GraphedTrainStep:

@@ -143,7 +143,7 @@ def _add_args(parser: argparse.ArgumentParser, kind: str) -> None:
         f"NOISE.json, or a template with {{name}} (the row: {ROW_EXAMPLES[kind]}) and {{seed}}, e.g. "
         "'noise/han-seed{seed}.json' for the ratios estimated by HAN's run of that seed in every row. Each file's "
         "SHA-256 is recorded in its run's config.json: a finished run of another file is refused, not reused. "
-        "Not with --stack",
+        "With --stack, each seed of a stacked row ranks its own batches with its own model and file",
     )  # fmt: skip
     parser.add_argument(
         "--denoise-from-epoch", type=int, default=recipe.denoise_from_epoch, metavar="N",
@@ -238,8 +238,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_train_videos is not None and args.max_train_videos < 1:
         raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     check_denoise_flags(args)
-    if args.stack and args.noise_ratios:
-        raise AvvpError("--stack: not with --noise-ratios (stacked runs cannot denoise); train them without --stack")
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")
     _check_cluster_flags(args)

@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "form and eval mode ranks each label's loss per modality; per class, of the videos positive in a modality, "
         "floor(ratio x their number) with the largest loss there AND the smallest loss in the other modality lose "
         "that label for the step (`avvp estimate-noise` writes the ratios). Recorded in config.json with the file's "
-        "SHA-256; --resume refuses another file. Not with --stream, --compile, --cuda-graphs or stacked runs",
+        "SHA-256; --resume refuses another file. Not with --stream, --compile or --cuda-graphs",
     )
     parser.add_argument(
         "--denoise-from-epoch",

@@ -319,9 +319,15 @@ def _make_stepper(run: Run) -> Stepper:
         )
     optimizer = run.learner.optimizer
     step = TrainStep(step_model, optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
-    if run.data.noise is not None:
-        step.denoiser = Denoiser(run.data.noise, run.config, run.device, run.precision, run.data.truth)
+    step.denoiser = _denoiser(run)
     return Stepper(GraphedTrainStep.create(step) if run.config.cuda_graphs else step, index_device)
+
+
+def _denoiser(run: Run) -> Denoiser | None:
+    """JoMoLD's label denoising for the run's steps (`--noise-ratios`; None without)."""
+    if run.data.noise is None:
+        return None
+    return Denoiser(run.data.noise, run.config, run.device, run.precision, run.data.truth)
 
 
 # ------------------------------------------------------------------------------------------------ epochs

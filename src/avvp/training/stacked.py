@@ -18,6 +18,8 @@ from avvp.steps import StackedTrainStep, TrainStep
 from avvp.training.loop import (
     TrainResult,
     _check_early_stop,
+    _denoise_record,
+    _denoiser,
     _end_epoch,
     _epoch_batches,
     _open_board,
@@ -61,7 +63,8 @@ def train_stacked(
 ) -> list[TrainResult]:
     """Train several runs of one configuration at once as one stacked model (typically the seeds of a sweep row).
 
-    The configs may differ only in seed and epochs. Each run writes the run folder `train` writes, from the same
+    The configs may differ only in seed, epochs, modality labels and noise ratios (JoMoLD: each run's ranking pass
+    is its own model's, outside the stacked call). Each run writes the run folder `train` writes, from the same
     initial weights and shuffled batches as when trained alone; its steps are `avvp.steps.StackedTrainStep`s, whose
     maths is each run's own but whose drop-path, dropout and Gumbel noise comes from one stream shared by the runs
     (config.json lists them under "stacked"). `resume[i]` resumes run i from its last.pt; runs saved at different
@@ -99,11 +102,10 @@ def _check_stackable(configs: Sequence[TrainConfig]) -> None:
         differences = [key for key, value in first.items() if other[key] != value]
         if differences:
             raise AvvpError(
-                f"stacked runs must differ only in seed, epochs and modality labels, not in {', '.join(differences)}"
+                f"stacked runs must differ only in seed, epochs, modality labels and noise ratios, not in "
+                f"{', '.join(differences)}"
             )
     unsupported = [flag for flag in ("stream", "compile", "cuda_graphs") if getattr(configs[0], flag)]
-    if any(config.noise_ratios is not None for config in configs):
-        unsupported.append("noise_ratios (JoMoLD)")
     if unsupported:
         raise AvvpError(f"stacked runs: {', '.join(unsupported)} not supported; train these runs one at a time")
 
@@ -152,6 +154,7 @@ def _share_training_tensors(runs: list[Run]) -> list[Stepper]:
         labels = torch.as_tensor(run.data.targets, dtype=torch.float32).to(index_device)
         optimizer = run.learner.optimizer
         step = TrainStep(run.learner.model, optimizer, tensors, labels, run.config, run.device, run.precision, run.ctx)
+        step.denoiser = _denoiser(run)
         steppers.append(Stepper(step, index_device))
     return steppers
 
@@ -163,7 +166,8 @@ def _stacked_epoch(members: list[_Member], epoch: int) -> None:
     elapsed = time.perf_counter() - started
     for member, (losses, lr) in zip(members, ends):
         member.seconds += elapsed
-        best = _validate(member.run, member.standing, epoch, losses, lr, elapsed, started, member.board)
+        denoised = _denoise_record(member.run, member.stepper.train_step, epoch)
+        best = _validate(member.run, member.standing, epoch, losses, lr, elapsed, started, member.board, denoised)
         _check_early_stop(member.run, member.standing, epoch)
         _save_state(member.run, member.standing, epoch, best)
 
@@ -171,6 +175,9 @@ def _stacked_epoch(members: list[_Member], epoch: int) -> None:
 def _train_stacked_epoch(members: list[_Member], epoch: int) -> list[tuple[dict[str, float], float]]:
     """One epoch of every run in `members`, stacked, each in its own random order; their mean losses and lr."""
     batches = [_epoch_batches(member.run, member.stepper.index_device) for member in members]
+    for member in members:
+        if member.stepper.train_step.denoiser is not None:
+            member.stepper.train_step.denoiser.set_epoch(epoch)
     stacked = StackedTrainStep([member.stepper.train_step for member in members])  # type: ignore[misc]
     first = members[0].run
     desc = f"epoch {epoch}/{first.config.epochs} ({len(members)} runs stacked)"
