@@ -68,6 +68,9 @@ def _expected(record: dict, weights: dict[str, float]) -> dict[str, float]:
         expected |= {f"val/tokens/{m}/{s}": record["tokens"][m][s] for m in ("audio", "visual") for s in TOKENS}
         weak = record["tokens"]["weak"]  # the weak-label reading of the same tokens
         expected |= {f"val/tokens/weak/{m}/{s}": weak[m][s] for m in ("audio", "visual") for s in TOKENS}
+    for key in ("removed", "precision", "recall"):  # JoMoLD's, where defined
+        values = record.get("denoise", {}).get(key) or {}
+        expected |= {f"denoise/{key}/{m}": v for m, v in values.items() if v is not None}
     return expected
 
 
@@ -100,6 +103,25 @@ def test_scalars_are_the_metrics_of_every_epoch_with_weighted_loss_terms(tiny_ll
         terms = sum(scalars[f"loss/{k}"][epoch][1] for k in record["loss"] if k != "total")
         assert terms == pytest.approx(scalars["loss/total"][epoch][1], rel=1e-5)
     assert "tensorboard" not in (run / "config.json").read_text()  # a run option, not a setting
+
+
+def test_jomold_removals_are_scalars_too(tmp_path: Path, capsys) -> None:
+    """On LLP-Synth (its truth known) with every ratio 1 from epoch 1: the labels removed per modality and the
+    removals' precision and recall, each epoch."""
+    from avvp.data.classes import CLASSES
+    from avvp.data.synth import SynthConfig, generate
+
+    data = tmp_path / "synth"
+    generate(data, SynthConfig(train=24, val=8, test=8, seed=3), progress=False)
+    noise = tmp_path / "noise.json"
+    noise.write_text(json.dumps({m: dict.fromkeys(CLASSES, 1.0) for m in ("audio", "visual")}))
+    run, board = tmp_path / "run", tmp_path / "board"
+    flags = ["--noise-ratios", noise, "--denoise-from-epoch", "1", "--tensorboard", board, "--epochs", "2"]
+    status, _, err = cli(capsys, *_args(data, run, *TINY_HAN, *flags))
+    assert status == 0, err
+    _assert_board_is_metrics(board, run)
+    for tag in ("removed", "precision", "recall"):
+        assert {f"denoise/{tag}/audio", f"denoise/{tag}/visual"} <= set(_scalars(board))
 
 
 def _next_second() -> None:

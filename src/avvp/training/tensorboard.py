@@ -9,7 +9,9 @@ Tags, each at step = the epoch (1, 2, ...: metrics.jsonl's `epoch`):
   unweighted means; with the default weights, all 1, the two are the same);
 - `val/segment/<metric>`, `val/event/<metric>` (audio, visual, audio_visual, type, event): the validation scores;
 - `val/<key>/...`: the numbers of the model's own validation record (MGN: `val/tokens/audio/f1`, ...);
-- `lr`: the epoch's learning rate; `time/train_seconds`, `time/epoch_seconds`, `time/videos_per_second`.
+- `lr`: the epoch's learning rate; `time/train_seconds`, `time/epoch_seconds`, `time/videos_per_second`;
+- with JoMoLD (`--noise-ratios`): `denoise/removed/<modality>`, and for LLP-Synth `denoise/precision/<modality>`
+  and `denoise/recall/<modality>` (metrics.jsonl's `denoise`; an epoch where one is undefined, null there, has none).
 
 Only the main process writes (under torchrun the others have no writer). The writer is opened once the run folder
 is claimed and the run set up or resumed, and closed however the run ends (an error or Ctrl-C included); each epoch
@@ -75,6 +77,8 @@ class TensorBoard:
             scalars |= _numbers(record[key], f"val/{key}")
         scalars["lr"] = record["lr"]
         scalars |= {f"time/{key}": record[key] for key in TIMES}
+        for key in ("removed", "precision", "recall"):  # JoMoLD's removals
+            scalars |= _numbers(record.get("denoise", {}).get(key), f"denoise/{key}")
         return scalars
 
     def write_epoch(self, record: Mapping[str, Any], model_keys: Iterable[str] = ()) -> None:
