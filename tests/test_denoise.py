@@ -284,6 +284,17 @@ def test_estimate_noise_on_our_checkpoint_and_the_authors_han_format(synth_llp: 
     np.testing.assert_allclose(read_noise_ratios(theirs).visual, ratios.visual)
 
 
+def test_ratios_estimated_on_other_annotations_are_a_warning(synth_llp: Path, tmp_path: Path, capsys) -> None:
+    noise = _noise_file(tmp_path / "noise.json")
+    for folder, warned in ((tmp_path / "elsewhere", True), (synth_llp, False)):
+        noise.write_text(json.dumps(json.loads(noise.read_text()) | {"annotations": str(folder)}))
+        out = tmp_path / f"run-{warned}"
+        status, _, err = cli(capsys, *_train_args(synth_llp, out, 1), *TINY_HAN, "--noise-ratios", noise)
+        assert status == 0
+        warning = f"the noise ratios were estimated on the annotations in {folder}; this run trains on {synth_llp}"
+        assert (warning in err) == warned, err
+
+
 # ------------------------------------------------------------------------------------------------ MA's contrastive term
 
 

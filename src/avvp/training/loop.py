@@ -267,6 +267,10 @@ def _noise(
     if config.denoise_from_epoch > config.epochs:
         log.warning("--denoise-from-epoch %d is after the last epoch (%d): no label will be removed",
                     config.denoise_from_epoch, config.epochs)  # fmt: skip
+    estimated_on = ratios.extra.get("annotations")
+    if isinstance(estimated_on, str) and Path(estimated_on).resolve() != sources.annotations.resolve():
+        log.warning("%s: the noise ratios were estimated on the annotations in %s; this run trains on %s",
+                    config.noise_ratios, estimated_on, sources.annotations)  # fmt: skip
     truth = training_truth(sources.annotations, data.split.filenames, data.split.labels)
     return ratios, None if truth is None else (truth[0].any(axis=1), truth[1].any(axis=1))
 
