@@ -13,7 +13,7 @@ import pytest
 from avvp.cli import main
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-SWEEPS = sorted(path.parent.name for path in RESULTS.glob("*/sweep.json"))  # the sweeps kept so far
+SWEEPS = sorted(str(path.parent.relative_to(RESULTS)) for path in RESULTS.rglob("sweep.json"))  # those kept so far
 COMMANDS = RESULTS / "figures" / "commands.json"
 FIGURES = sorted(json.loads(COMMANDS.read_text())) if COMMANDS.exists() else []
 
