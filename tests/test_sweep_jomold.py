@@ -68,7 +68,9 @@ def test_noise_ratio_template_trains_each_run_on_its_file_and_a_changed_file_is_
         denoise = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["denoise"]
         assert denoise["from_epoch"] == 1 and denoise["active"]
     assert json.loads((out / "sweep.json").read_text())["train"]["noise_ratios"] == template  # as given
-    assert f"JoMoLD label denoising with the noise ratios {template} from epoch 1" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert f"JoMoLD label denoising with the noise ratios {template} from epoch 1" in table
+    assert table.startswith("# Table 1: CUG and MCG depths, with JoMoLD denoising\n")  # not the paper's table
     capsys.readouterr()
     assert main(args) == 0
     assert "2 run(s) reused, 0 trained" in capsys.readouterr().out

@@ -88,7 +88,7 @@ def write_tables(
     from avvp.reports.tables import csv_table, markdown_table, runs_table
 
     out_dir = Path(out_dir)
-    title = TABLE_TITLES[kind]
+    title = TABLE_TITLES[kind] + _label_method(recipe or {})
     seed_list = f"seed {seeds[0]} (one seed: no ±)" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     lines = [
         f"# {title}",
@@ -124,6 +124,13 @@ def write_tables(
     atomic_write_text(md_path, "\n".join(lines))
     atomic_write_text(csv_path, csv_table(rows))
     return md_path, csv_path
+
+
+def _label_method(train: dict[str, Any]) -> str:
+    """The title's note of a label method the runs trained with (the table is then not the paper's)."""
+    methods = [name for key, name in (("modality_labels", "modality labels"), ("noise_ratios", "JoMoLD denoising"))
+               if train.get(key)]  # fmt: skip
+    return f", with {' and '.join(methods)}" if methods else ""
 
 
 def describe_recipe(train: dict[str, Any]) -> str:
