@@ -65,10 +65,18 @@ def add_early_stopping_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """Refuse, in one line, the first of these integer flags (argparse names, e.g. "batch_size") set below 1; one
+    not given (None) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise AvvpError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+
+
 def early_stopping_from_args(args: argparse.Namespace) -> dict:
     """The TrainConfig fields of `add_early_stopping_args`' flags, checked."""
-    if args.patience is not None and args.patience < 1:
-        raise AvvpError(f"--patience {args.patience}: must be at least 1")
+    check_at_least_one(args, "patience")
     if args.min_epochs < 0:
         raise AvvpError(f"--min-epochs {args.min_epochs}: must be at least 0")
     if args.min_epochs and args.patience is None:

@@ -47,14 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avvp.cli.common import early_stopping_from_args, resolve_device
+    from avvp.cli.common import check_at_least_one, early_stopping_from_args, resolve_device
     from avvp.demo import TINY_MODEL_OVERRIDES, DemoConfig, run_demo
     from avvp.errors import AvvpError
     from avvp.reports.demo import reference_lines
 
-    for name in ("train", "val", "test", "epochs", "lr_step"):
-        if getattr(args, name) < 1:
-            raise AvvpError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    check_at_least_one(args, "train", "val", "test", "epochs", "lr_step")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
     config = DemoConfig(

@@ -49,14 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avvp.cli.common import resolve_annotations, resolve_device
+    from avvp.cli.common import check_at_least_one, resolve_annotations, resolve_device
     from avvp.denoise import estimate_noise
     from avvp.errors import AvvpError
 
-    if args.batch_size < 1:
-        raise AvvpError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.max_train_videos is not None and args.max_train_videos < 1:
-        raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
+    check_at_least_one(args, "batch_size", "max_train_videos")
     for flag, value in (("--a-thres", args.a_thres), ("--v-thres", args.v_thres)):
         if not value > 0:
             raise AvvpError(f"{flag} {value}: must be above 0")

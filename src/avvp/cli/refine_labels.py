@@ -56,12 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from avvp.cli.common import resolve_annotations, resolve_device
+    from avvp.cli.common import check_at_least_one, resolve_annotations, resolve_device
     from avvp.errors import AvvpError
     from avvp.refine import refine_split, side_files
 
-    if args.batch_size < 1:
-        raise AvvpError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_at_least_one(args, "batch_size")
     for flag, value in (("--threshold", args.threshold), ("--error-cut", args.error_cut)):
         if not 0 <= value <= 1:
             raise AvvpError(f"{flag} {value}: must be in [0, 1]")

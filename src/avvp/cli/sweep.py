@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from avvp.cli.common import (
     add_annotations_arg,
     add_early_stopping_args,
+    check_at_least_one,
     check_denoise_flags,
     early_stopping_from_args,
     parse_loss_weights,
@@ -229,14 +230,10 @@ def run(args: argparse.Namespace) -> int:
         write_tables,
     )
 
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr-step", args.lr_step)):
-        if value < 1:
-            raise AvvpError(f"{flag} {value}: must be at least 1")
+    check_at_least_one(args, "epochs", "batch_size", "lr_step", "max_train_videos", "patience")
     for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma)):
         if not value > 0:
             raise AvvpError(f"{flag} {value}: must be positive")
-    if args.max_train_videos is not None and args.max_train_videos < 1:
-        raise AvvpError(f"--max-train-videos {args.max_train_videos}: must be at least 1")
     check_denoise_flags(args)
     if args.skip_bad_rows:
         raise AvvpError("--skip-bad-rows: not available for sweeps (training reads the annotation files strictly)")

@@ -53,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from avvp.cli.common import check_at_least_one
     from avvp.data.synth import SynthConfig, generate
     from avvp.errors import AvvpError
 
-    if args.workers is not None and args.workers < 1:
-        raise AvvpError(f"--workers {args.workers}: must be at least 1")
+    check_at_least_one(args, "workers")
     if args.seed < 0:
         raise AvvpError(f"--seed {args.seed}: must be >= 0")
     config = dataclasses.replace(
