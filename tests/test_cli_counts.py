@@ -8,33 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
+DATA = ["--features", "{tmp}/feats", "--annotations", "{tmp}"]
+CHECKPOINT = ["--checkpoint", "{tmp}/none.safetensors", *DATA]
 COMMANDS = {
     "synth": ["synth", "--out", "{tmp}/out"],
-    "estimate-noise": [
-        "estimate-noise",
-        "--checkpoint",
-        "{tmp}/none.safetensors",
-        "--features",
-        "{tmp}/feats",
-        "--annotations",
-        "{tmp}",
-        "--out",
-        "{tmp}/out/noise.json",
-    ],
-    "refine-labels": [
-        "refine-labels",
-        "--checkpoint",
-        "{tmp}/none.safetensors",
-        "--features",
-        "{tmp}/feats",
-        "--annotations",
-        "{tmp}",
-        "--out",
-        "{tmp}/out/labels.csv",
-    ],
-    "sweep": ["sweep", "depth", "--features", "{tmp}/feats", "--annotations", "{tmp}", "--out", "{tmp}/out"],
+    "estimate-noise": ["estimate-noise", *CHECKPOINT, "--out", "{tmp}/out/noise.json"],
+    "refine-labels": ["refine-labels", *CHECKPOINT, "--out", "{tmp}/out/labels.csv"],
+    "sweep": ["sweep", "depth", *DATA, "--out", "{tmp}/out"],
     "demo": ["demo", "--out", "{tmp}/out"],
-    "train": ["train", "--features", "{tmp}/feats", "--annotations", "{tmp}", "--out", "{tmp}/out"],
+    "train": ["train", *DATA, "--out", "{tmp}/out"],
 }
 CASES = [
     ("synth", "--workers"),
