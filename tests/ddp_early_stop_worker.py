@@ -15,6 +15,7 @@ from pathlib import Path
 
 import avvp.training
 import avvp.training.loop
+from avvp.distributed import leave
 from avvp.recipe import TrainConfig
 
 SCRIPT = [10, 20, 15, 15, 12, 30, 40, 50]  # validation Type@AV per epoch (rank 0)
@@ -40,3 +41,4 @@ def main(tiny: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
+    leave(0)  # as `python -m avvp` leaves under torchrun

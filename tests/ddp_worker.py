@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avvp.distributed import init_distributed, seed_noise
+from avvp.distributed import init_distributed, leave, seed_noise
 from avvp.models import create_model
 from avvp.recipe import TrainConfig
 from avvp.steps import TrainStep, make_optimizer
@@ -54,3 +54,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    leave(0)  # as `python -m avvp` leaves under torchrun
