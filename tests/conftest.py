@@ -21,6 +21,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def write_noise_ratios(path: Path, audio: float = 0.0, visual: float = 0.0, edit: dict | None = None) -> Path:
+    """A NOISE.json (`avvp.denoise.NoiseRatios.to_json`) of one ratio per modality for every class (all 0: training
+    as without denoising); `edit` maps a modality to a function of its {class: ratio} table (bad files)."""
+    import json
+
+    import numpy as np
+
+    from avvp.data.classes import NUM_CLASSES
+    from avvp.denoise import NoiseRatios
+
+    record = json.loads(NoiseRatios(np.full(NUM_CLASSES, audio), np.full(NUM_CLASSES, visual), {}).to_json())
+    for modality, change in (edit or {}).items():
+        record[modality] = change(record[modality])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
 def cli(capsys, *args) -> tuple[int, str, str]:
     """`avvp ARGS` in-process: (exit status, stdout, stderr)."""
     from avvp.cli import main

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, write_noise_ratios
 
-from avvp.data.classes import CLASSES
 from avvp.denoise import NoiseRatios, class_means, noise_ratios, read_noise_ratios, removal_masks, true_noise_shares
 from avvp.errors import AvvpError
 
@@ -111,14 +110,6 @@ def test_true_noise_shares() -> None:
 # ------------------------------------------------------------------------------------------------ NOISE.json
 
 
-def _noise_file(path: Path, audio: float = 0.0, visual: float = 0.0, edit: dict | None = None) -> Path:
-    record = {"audio": {c: audio for c in CLASSES}, "visual": {c: visual for c in CLASSES}}
-    for modality, change in (edit or {}).items():
-        record[modality] = change(record[modality])
-    path.write_text(json.dumps(record))
-    return path
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -129,7 +120,7 @@ def _noise_file(path: Path, audio: float = 0.0, visual: float = 0.0, edit: dict 
     ],
 )
 def test_noise_file_refusals(tmp_path: Path, edit: dict, message: str) -> None:
-    path = _noise_file(tmp_path / "noise.json", edit=edit)
+    path = write_noise_ratios(tmp_path / "noise.json", edit=edit)
     with pytest.raises(AvvpError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         read_noise_ratios(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
@@ -174,7 +165,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model", [TINY_HAN, TINY_MGN], ids=["han", "mgn"])
 def test_every_ratio_0_equals_plain_training(synth_llp: Path, tmp_path: Path, capsys, model: list[str]) -> None:
-    noise = _noise_file(tmp_path / "zero.json")
+    noise = write_noise_ratios(tmp_path / "zero.json")
     plain, denoised = tmp_path / "plain", tmp_path / "denoised"
     assert cli(capsys, *_train_args(synth_llp, plain, 2), *model)[0] == 0
     assert cli(capsys, *_train_args(synth_llp, denoised, 2), *model, "--noise-ratios", noise)[0] == 0
@@ -196,7 +187,7 @@ def test_every_ratio_0_equals_plain_training(synth_llp: Path, tmp_path: Path, ca
 def test_nothing_is_removed_before_the_first_epoch_of_denoising(synth_llp: Path, tmp_path: Path, capsys) -> None:
     """Ratios of 1 remove whatever the rule allows; by default from epoch 2 (the authors' effective schedule),
     and from epoch 1 with --denoise-from-epoch 1. The records say which removals the truth calls right."""
-    noise = _noise_file(tmp_path / "all.json", audio=1.0, visual=1.0)
+    noise = write_noise_ratios(tmp_path / "all.json", audio=1.0, visual=1.0)
     default, early = tmp_path / "default", tmp_path / "early"
     assert cli(capsys, *_train_args(synth_llp, default, 2), *TINY_HAN, "--noise-ratios", noise)[0] == 0
     assert cli(capsys, *_train_args(synth_llp, early, 1), *TINY_HAN, "--noise-ratios", noise,
@@ -220,15 +211,15 @@ def test_nothing_is_removed_before_the_first_epoch_of_denoising(synth_llp: Path,
 def test_resume_with_denoising_equals_one_go_and_refuses_a_changed_file(
     synth_llp: Path, tmp_path: Path, capsys
 ) -> None:
-    noise = _noise_file(tmp_path / "noise.json", audio=0.5, visual=0.5)
+    noise = write_noise_ratios(tmp_path / "noise.json", audio=0.5, visual=0.5)
     common = [*TINY_HAN, "--noise-ratios", noise, "--denoise-from-epoch", "1", "--lr-step", "1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli(capsys, *_train_args(synth_llp, straight, 2), *common)[0] == 0
     assert cli(capsys, *_train_args(synth_llp, resumed, 1), *common)[0] == 0
-    _noise_file(noise, audio=0.4, visual=0.5)  # another file at the same path
+    write_noise_ratios(noise, audio=0.4, visual=0.5)  # another file at the same path
     status, _, err = cli(capsys, *_train_args(synth_llp, resumed, 2), *common, "--resume")
     assert status == 2 and "noise_ratios_sha256" in err
-    _noise_file(noise, audio=0.5, visual=0.5)
+    write_noise_ratios(noise, audio=0.5, visual=0.5)
     assert cli(capsys, *_train_args(synth_llp, resumed, 2), *common, "--resume")[0] == 0
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[key], b[key]) for key in a)
@@ -237,7 +228,7 @@ def test_resume_with_denoising_equals_one_go_and_refuses_a_changed_file(
 
 @pytest.mark.parametrize("flag", ["--stream", "--compile"])
 def test_unsupported_paths_are_refused_in_one_line(synth_llp: Path, tmp_path: Path, capsys, flag: str) -> None:
-    noise = _noise_file(tmp_path / "zero.json")
+    noise = write_noise_ratios(tmp_path / "zero.json")
     status, _, err = cli(capsys, *_train_args(synth_llp, tmp_path / "run", 1), *TINY_HAN, "--noise-ratios", noise, flag)
     assert status == 2 and f"--noise-ratios is not supported with {flag}" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
@@ -285,7 +276,7 @@ def test_estimate_noise_on_our_checkpoint_and_the_authors_han_format(synth_llp: 
 
 
 def test_ratios_estimated_on_other_annotations_are_a_warning(synth_llp: Path, tmp_path: Path, capsys) -> None:
-    noise = _noise_file(tmp_path / "noise.json")
+    noise = write_noise_ratios(tmp_path / "noise.json")
     for folder, warned in ((tmp_path / "elsewhere", True), (synth_llp, False)):
         noise.write_text(json.dumps(json.loads(noise.read_text()) | {"annotations": str(folder)}))
         out = tmp_path / f"run-{warned}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_noise_ratios
 
 from avvp.cli import main
 from avvp.data.features import load_features
@@ -34,16 +35,6 @@ def _modality_labels(tiny: Path, path: Path) -> Path:
     return path
 
 
-def _noise_ratios(path: Path, ratio: float) -> Path:
-    """A NOISE.json with the same ratio for every class and modality."""
-    import json
-
-    from avvp.data.classes import CLASSES
-
-    path.write_text(json.dumps({m: {c: ratio for c in CLASSES} for m in ("audio", "visual")}))
-    return path
-
-
 CASES = ["weak-labels", "modality-labels", "cross-modal-free", "noise-ratios-0"]
 
 
@@ -55,7 +46,7 @@ def test_two_gloo_processes_match_one(tiny_llp: Path, tmp_path: Path, case: str)
     if case == "modality-labels":
         common += ["--modality-labels", str(_modality_labels(tiny_llp, tmp_path / "labels.csv"))]
     if case == "noise-ratios-0":  # JoMoLD's ranking pass runs on each shard and removes nothing
-        common += ["--noise-ratios", str(_noise_ratios(tmp_path / "noise.json", 0.0)), "--denoise-from-epoch", "1"]
+        common += ["--noise-ratios", str(write_noise_ratios(tmp_path / "noise.json")), "--denoise-from-epoch", "1"]
     cross_modal = case != "cross-modal-free"
     if not cross_modal:
         common.append("--no-cross-modal")
@@ -209,7 +200,7 @@ def test_jomold_under_two_gloo_processes_counts_every_shards_removals(tiny_llp: 
 
     from avvp.data.annotations import load_split
 
-    noise = _noise_ratios(tmp_path / "noise.json", 1.0)
+    noise = write_noise_ratios(tmp_path / "noise.json", audio=1.0, visual=1.0)
     args = ["--out", str(tmp_path / "ddp"), "--features", str(tiny_llp / "feats"), "--annotations", str(tiny_llp),
             *ARGS, "--noise-ratios", str(noise)]  # fmt: skip
     codes, errors = _run_pair(29547, args)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_noise_ratios
 
 from avvp.checkpoint import load_model
 from avvp.cli import main
@@ -203,18 +204,15 @@ def test_sweep_stack_with_two_workers_trains_each_row_in_one_worker(tiny_llp, tm
             assert record["stacked"]["runs"] == [f"{row}-seed1", f"{row}-seed2"]
 
 
-def _noise(path: Path, audio: float, visual: float) -> Path:
-    from avvp.data.classes import CLASSES
-
-    path.write_text(json.dumps({"audio": dict.fromkeys(CLASSES, audio), "visual": dict.fromkeys(CLASSES, visual)}))
-    return path
-
-
 def test_stacked_jomold_runs_equal_the_runs_trained_alone(tiny_llp, tmp_path, no_gumbel_noise) -> None:
     """Seed 1 denoised with one file, seed 2 with another and seed 3 not at all (its weak labels stacked beside the
     others' (weak, audio, visual) rows): each run ranks its own batches with its own model, so the removals are
     those of the run trained alone, and so are the losses and scores (up to float rounding)."""
-    files = {1: _noise(tmp_path / "n1.json", 0.5, 0.5), 2: _noise(tmp_path / "n2.json", 0.3, 0.8), 3: None}
+    files = {
+        1: write_noise_ratios(tmp_path / "n1.json", 0.5, 0.5),
+        2: write_noise_ratios(tmp_path / "n2.json", 0.3, 0.8),
+        3: None,
+    }
     configs = [
         dataclasses.replace(_config("mgn", seed), noise_ratios=str(path) if path else None, denoise_from_epoch=1)
         for seed, path in files.items()
@@ -239,7 +237,7 @@ def test_sweep_stack_denoises_each_seed_with_its_own_file(tiny_llp, tmp_path) ->
     template = str(tmp_path / "noise" / "{name}-seed{seed}.json")
     (tmp_path / "noise").mkdir()
     for seed, ratio in ((1, 0.5), (2, 0.25)):
-        _noise(tmp_path / "noise" / f"mgn-1-1-2-seed{seed}.json", ratio, ratio)
+        write_noise_ratios(tmp_path / "noise" / f"mgn-1-1-2-seed{seed}.json", ratio, ratio)
     out = tmp_path / "sweep"
     assert _sweep(tiny_llp, out, "--stack", "--noise-ratios", template, "--denoise-from-epoch", "1") == 0
     for seed in (1, 2):

@@ -10,24 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_noise_ratios
 
 from avvp.cli import build_parser, main
 from avvp.cli.sweep import plan_from_args
 from avvp.cli.train import config_from_args
-from avvp.data.classes import CLASSES
 from avvp.data.modality_labels import file_sha256
 from avvp.run_folder import NOISE_HASH
 from avvp.sweep import describe_recipe, plan_runs, sweep_configs, train_command
 from avvp.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _noise_file(path: Path, audio: float = 0.0, visual: float = 0.0) -> Path:
-    """A NOISE.json of one ratio per modality for every class (all 0: training as without denoising)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"audio": dict.fromkeys(CLASSES, audio), "visual": dict.fromkeys(CLASSES, visual)}))
-    return path
 
 
 def _sweep(tiny_llp: Path, out: Path, *extra: str) -> list[str]:
@@ -51,14 +44,14 @@ def test_noise_ratio_template_trains_each_run_on_its_file_and_a_changed_file_is_
     loss weight, makes the rerun refuse the finished folder instead of reusing it."""
     out = tmp_path / "sweep"
     template = str(tmp_path / "noise" / "{name}-seed{seed}.json")
-    files = {1: _noise_file(tmp_path / "noise" / "han-seed1.json")}
+    files = {1: write_noise_ratios(tmp_path / "noise" / "han-seed1.json")}
     args = _sweep(tiny_llp, out, "--seeds", "1,2", "--noise-ratios", template, "--denoise-from-epoch", "1")
     assert main(args) == 2
     err = _one_line_error(capsys)
     assert f"--noise-ratios: 1 file(s) not found: {tmp_path / 'noise' / 'han-seed2.json'}" in err
     assert not out.exists()
 
-    files[2] = _noise_file(tmp_path / "noise" / "han-seed2.json", audio=0.5)  # another content: another hash
+    files[2] = write_noise_ratios(tmp_path / "noise" / "han-seed2.json", audio=0.5)  # another content: another hash
     assert main(args) == 0
     for seed, path in files.items():
         run = out / f"han-seed{seed}"
@@ -76,7 +69,7 @@ def test_noise_ratio_template_trains_each_run_on_its_file_and_a_changed_file_is_
     assert "2 run(s) reused, 0 trained" in capsys.readouterr().out
 
     original, trained_with = files[1].read_bytes(), file_sha256(files[1])
-    _noise_file(files[1], visual=0.25)
+    write_noise_ratios(files[1], visual=0.25)
     assert main(args) == 2
     err = _one_line_error(capsys)
     assert f"{out / 'han-seed1'} was trained with noise ratios of SHA-256 {trained_with} (sweep: " in err
@@ -100,7 +93,7 @@ def test_printed_commands_carry_the_jomold_settings_and_loss_weights(
     """--print-commands carries --lr-gamma, every --loss-weight, --noise-ratios (the template, absolute) and
     --denoise-from-epoch; the printed command, run in-process, trains its run with the sweep's exact settings."""
     monkeypatch.chdir(tmp_path)
-    _noise_file(tmp_path / "noise" / "han-seed1.json", audio=0.2, visual=0.1)
+    write_noise_ratios(tmp_path / "noise" / "han-seed1.json", audio=0.2, visual=0.1)
     out = tmp_path / "sweep"
     flags = ["--seeds", "1", "--lr-gamma", "0.5", "--loss-weight", "p_a=2", "--loss-weight", "p_v=0.5",
              "--noise-ratios", "noise/{name}-seed{seed}.json", "--denoise-from-epoch", "1"]  # fmt: skip
@@ -144,7 +137,10 @@ def test_loss_weights_and_schedule_flags_are_checked_before_anything_trains(tiny
     non-positive decay factor, denoising from epoch 0, or a missing or invalid noise-ratio file: one line, nothing
     written, with or without --print-commands (--stack with noise ratios trains: tests/test_stacked.py)."""
     out = tmp_path / "sweep"
-    noise, bad = str(_noise_file(tmp_path / "noise.json")), str(_noise_file(tmp_path / "bad.json", audio=1.5))
+    noise, bad = (
+        str(write_noise_ratios(tmp_path / "noise.json")),
+        str(write_noise_ratios(tmp_path / "bad.json", audio=1.5)),
+    )
     tokens_of_han = "--loss-weight audio_tokens: not a loss term of HAN"
     for flags, message in (
         (["--loss-weight", "bogus=1"], "--loss-weight bogus: not a loss term of HAN (its terms: p_av, p_a, p_v"),

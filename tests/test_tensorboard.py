@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import cli, write_noise_ratios
 
 import avvp.training.loop
 from avvp.errors import AvvpError
@@ -108,13 +108,11 @@ def test_scalars_are_the_metrics_of_every_epoch_with_weighted_loss_terms(tiny_ll
 def test_jomold_removals_are_scalars_too(tmp_path: Path, capsys) -> None:
     """On LLP-Synth (its truth known) with every ratio 1 from epoch 1: the labels removed per modality and the
     removals' precision and recall, each epoch."""
-    from avvp.data.classes import CLASSES
     from avvp.data.synth import SynthConfig, generate
 
     data = tmp_path / "synth"
     generate(data, SynthConfig(train=24, val=8, test=8, seed=3), progress=False)
-    noise = tmp_path / "noise.json"
-    noise.write_text(json.dumps({m: dict.fromkeys(CLASSES, 1.0) for m in ("audio", "visual")}))
+    noise = write_noise_ratios(tmp_path / "noise.json", audio=1.0, visual=1.0)
     run, board = tmp_path / "run", tmp_path / "board"
     flags = ["--noise-ratios", noise, "--denoise-from-epoch", "1", "--tensorboard", board, "--epochs", "2"]
     status, _, err = cli(capsys, *_args(data, run, *TINY_HAN, *flags))
