@@ -228,8 +228,12 @@ class Denoiser:
         )
         self.counts = torch.zeros(4, dtype=torch.float64, device=device)  # removed a, v; of them truly absent a, v
 
+    def removes_in(self, epoch: int) -> bool:
+        """Whether the rule removes labels in `epoch` (from `denoise_from_epoch` on)."""
+        return epoch >= self.config.denoise_from_epoch
+
     def set_epoch(self, epoch: int) -> None:
-        self.active.fill_(1.0 if epoch >= self.config.denoise_from_epoch else 0.0)
+        self.active.fill_(1.0 if self.removes_in(epoch) else 0.0)
 
     def __call__(
         self, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, index: torch.Tensor

@@ -334,6 +334,13 @@ def _denoiser(run: Run) -> Denoiser | None:
     return Denoiser(run.data.noise, run.config, run.device, run.precision, run.data.truth)
 
 
+def _set_denoise_epoch(step: TrainStep | GraphedTrainStep, epoch: int) -> None:
+    """Switch the step's JoMoLD removals on or off for `epoch` (nothing without a denoiser)."""
+    denoiser = getattr(step, "denoiser", None)
+    if denoiser is not None:
+        denoiser.set_epoch(epoch)
+
+
 # ------------------------------------------------------------------------------------------------ epochs
 
 
@@ -342,8 +349,7 @@ def _train_epoch(run: Run, stepper: Stepper, epoch: int) -> tuple[dict[str, floa
     learning rate (the schedule steps once per epoch, afterwards)."""
     config, ctx, step = run.config, run.ctx, stepper.train_step
     batches = _epoch_batches(run, stepper.index_device)
-    if getattr(step, "denoiser", None) is not None:
-        step.denoiser.set_epoch(epoch)
+    _set_denoise_epoch(step, epoch)
     bar = progress_bar(
         range(len(batches)),
         progress=run.display.progress and ctx.is_main,
@@ -390,8 +396,11 @@ def _denoise_record(run: Run, step: TrainStep | GraphedTrainStep, epoch: int) ->
         return {}
     counts = sum_over_processes(torch.tensor(denoiser.take_counts(), dtype=torch.float64), run.ctx).tolist()
     removed = {"audio": int(counts[0]), "visual": int(counts[1])}
-    active = epoch >= run.config.denoise_from_epoch
-    record: dict[str, Any] = {"from_epoch": run.config.denoise_from_epoch, "active": active, "removed": removed}
+    record: dict[str, Any] = {
+        "from_epoch": run.config.denoise_from_epoch,
+        "active": denoiser.removes_in(epoch),
+        "removed": removed,
+    }
     if run.data.truth is not None:
         labelled = np.asarray(run.data.train.split.labels) > 0
         absent = {m: int((labelled & ~truth).sum()) for m, truth in zip(("audio", "visual"), run.data.truth)}

@@ -24,6 +24,7 @@ from avvp.training.loop import (
     _epoch_batches,
     _open_board,
     _result,
+    _set_denoise_epoch,
     _set_up,
     _test,
     _train_tensors,
@@ -176,8 +177,7 @@ def _train_stacked_epoch(members: list[_Member], epoch: int) -> list[tuple[dict[
     """One epoch of every run in `members`, stacked, each in its own random order; their mean losses and lr."""
     batches = [_epoch_batches(member.run, member.stepper.index_device) for member in members]
     for member in members:
-        if member.stepper.train_step.denoiser is not None:
-            member.stepper.train_step.denoiser.set_epoch(epoch)
+        _set_denoise_epoch(member.stepper.train_step, epoch)
     stacked = StackedTrainStep([member.stepper.train_step for member in members])  # type: ignore[misc]
     first = members[0].run
     desc = f"epoch {epoch}/{first.config.epochs} ({len(members)} runs stacked)"
